@@ -7,7 +7,6 @@ setup(
     description="Real-time human perception for robots: detection, masks, pose, parts, attributes, ReID, tracking",
     python_requires=">=3.10",
     packages=find_packages(include=["hcq_ros", "hcq_ros.*"]),
-    package_data={"hcq_ros": ["../msg/*.msg"]},
     data_files=[("share/hcq_ros/msg", ["msg/Keypoint2D.msg", "msg/Attribute.msg", "msg/Person.msg",
                                        "msg/PersonArray.msg"])],
     install_requires=[
@@ -17,6 +16,7 @@ setup(
         "PyYAML>=6",
         "tqdm>=4.60",
         "matplotlib>=3.7",
+        "Pillow>=9",
         "pycocotools>=2.0.7",
         "motmetrics>=1.4",
         "lap>=0.5",
