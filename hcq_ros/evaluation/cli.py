@@ -1,0 +1,124 @@
+"""``hcq-ros eval --gt DIR --pred PATH [--pred PATH ...] [--json OUT]``: score prediction files.
+
+Each ``--pred`` is sorted into its kind (``predictions.find_predictions``: detections json, part PNG folder,
+ReID npz, MOT result folder, or a folder bundling several) and every metric that applies is computed with
+the same scoring functions a model evaluation uses (``evaluate_detections``, ``evaluate_part_maps``, ...).
+Prints a short table; ``--json`` writes every metric (None where a metric is undefined, e.g. AP without GT).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .attributes import evaluate_detection_attributes
+from .coco_eval import evaluate_detections, load_coco_gt, validate_results
+from .mot import evaluate_mot_dir
+from .parts import evaluate_part_maps
+from .predictions import GT_ANNOTATIONS, GT_MARKET, GT_MOT, find_predictions, load_detections
+from .reid import evaluate_reid_npz
+
+# Order of the printed table (other scalar keys follow).
+HEADLINE = ("bbox_AP", "bbox_AP50", "segm_AP", "keypoints_AP", "keypoints_AP_nosmall", "parts_mIoU", "attr_acc",
+            "crop_attr_acc", "reid_mAP", "reid_rank1", "reid_rank5", "mot_MOTA", "mot_IDF1", "id_switches")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gt", required=True, type=Path,
+                        help="dataset folder (annotations/person_keypoints.json, parts/, mot/, market/)")
+    parser.add_argument("--pred", action="append", type=Path, default=[], metavar="PATH",
+                        help="predictions: detections .json, ReID .npz, folder of part PNGs, folder of MOT "
+                             "{seq}.txt, or a folder bundling them (repeatable)")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="write all metrics to this JSON file")
+    parser.add_argument("--verbose", action="store_true",
+                        help="print pycocotools' summaries and every scalar metric")
+
+
+def collect_predictions(pred_paths: Sequence[str | Path]) -> dict[str, Path]:
+    """{kind: path} over every ``--pred``; ValueError when two paths give the same kind."""
+    kinds: dict[str, Path] = {}
+    for pred in pred_paths:
+        for kind, path in find_predictions(pred).items():
+            if kind in kinds:
+                raise ValueError(f"two {kind} predictions given: {kinds[kind]} and {path}")
+            kinds[kind] = path
+    return kinds
+
+
+def score_detections(gt_coco, results: list, verbose: bool = False, source: str = "predictions") -> dict:
+    """COCO AP + attribute accuracy of one COCO results list (what a model's detections also go through)."""
+    kept, _ = validate_results(results, gt_coco, source)
+    metrics = evaluate_detections(gt_coco, results, verbose=verbose, source=source)
+    metrics.update(evaluate_detection_attributes(gt_coco, kept))
+    return metrics
+
+
+def evaluate_paths(gt_dir: str | Path, pred_paths: Sequence[str | Path], verbose: bool = False) -> dict:
+    """Every metric that applies to the predictions at ``pred_paths`` against the dataset ``gt_dir``."""
+    gt_dir = Path(gt_dir)
+    if not gt_dir.is_dir():
+        raise FileNotFoundError(f"ground-truth folder not found: {gt_dir}")
+    kinds = collect_predictions(pred_paths)
+    if not kinds:
+        raise ValueError("no predictions given (use --pred PATH)")
+    metrics: dict = {"inputs": {kind: str(path) for kind, path in kinds.items()}}
+    coco = load_coco_gt(gt_dir / GT_ANNOTATIONS) if {"detections", "parts"} & set(kinds) else None
+    if "detections" in kinds:
+        path = kinds["detections"]
+        metrics.update(score_detections(coco, load_detections(path), verbose, source=str(path)))
+    if "parts" in kinds:
+        metrics.update(evaluate_part_maps(gt_dir, kinds["parts"], coco))
+    if "reid" in kinds:
+        metrics.update(evaluate_reid_npz(gt_dir / GT_MARKET, kinds["reid"]))
+    if "mot" in kinds:
+        metrics.update(evaluate_mot_dir(gt_dir / GT_MOT, kinds["mot"]))
+    return metrics
+
+
+def _jsonable(value):
+    """numpy scalars -> Python; NaN -> None (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def format_table(metrics: dict, full: bool = False) -> str:
+    """Two-column text table of the headline metrics (every scalar metric when ``full``)."""
+    scalars = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    keys = [k for k in HEADLINE if k in scalars]
+    if full:
+        keys += sorted(k for k in scalars if k not in HEADLINE)
+    width = max((len(k) for k in keys), default=6)
+    lines = [f"{'metric':<{width}}  value"]
+    for key in keys:
+        value = scalars[key]
+        text = "n/a" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
+        lines.append(f"{key:<{width}}  {text}")
+    if len(keys) < len(scalars):
+        lines.append(f"(+ {len(scalars) - len(keys)} more metrics and per-class/per-sequence tables in --json; "
+                     f"all with --verbose)")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        metrics = _jsonable(evaluate_paths(args.gt, args.pred, verbose=getattr(args, "verbose", False)))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"hcq-ros eval: error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(metrics, full=getattr(args, "verbose", False)))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(metrics, indent=2, allow_nan=False), encoding="utf-8")
+        print(f"metrics written to {args.json}")
+    return 0
