@@ -13,6 +13,7 @@ COMMANDS = {
     "demo": ("hcq_ros.demo", "synthetic sequence -> full pipeline -> MCAP bag + annotated video"),
     "synth": ("hcq_ros.data.synth.cli", "generate a SynthHumans dataset (images or sequences)"),
     "eval": ("hcq_ros.evaluation.cli", "score predictions (or a model) against ground truth"),
+    "train": ("hcq_ros.train.cli", "train HCQNet or PersonNet from a YAML config (resumable, DDP)"),
 }
 
 

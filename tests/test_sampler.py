@@ -108,3 +108,19 @@ def test_identity_pk_batches():
     assert list(again) != batches
     with pytest.raises(ValueError, match="only 30 labelled identities"):
         IdentityBatchSampler(identities, p=31, k=2)
+
+
+def test_stream_sampler_resumes_exactly_and_splits_ranks():
+    from itertools import islice
+
+    from hcq_ros.data.sampler import StreamBatchSampler
+
+    full = list(islice(iter(StreamBatchSampler(10, 4, seed=3)), 6))
+    resumed = list(islice(iter(StreamBatchSampler(10, 4, seed=3, start_iteration=2)), 4))
+    assert resumed == full[2:]
+    # each epoch of 10 positions visits every index once
+    positions = [pair for batch in full for pair in batch][:10]
+    assert sorted(i for i, _ in positions) == list(range(10))
+    r0 = next(iter(StreamBatchSampler(10, 2, rank=0, world_size=2, shuffle=False)))
+    r1 = next(iter(StreamBatchSampler(10, 2, rank=1, world_size=2, shuffle=False)))
+    assert [p for _, p in r0] == [0, 1] and [p for _, p in r1] == [2, 3]

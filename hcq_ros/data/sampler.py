@@ -164,3 +164,37 @@ class IdentityBatchSampler(_SamplerBase):
 
     def __len__(self) -> int:
         return self.num_batches // self.world_size
+
+
+class StreamBatchSampler(_SamplerBase):
+    """Endless batches for iteration-based training that resume exactly: batch ``it`` of ``rank`` holds the
+    stream positions ``(it * world_size + rank) * batch_size + j``; position p maps to sample
+    ``perm_e[p % n]`` of epoch ``e = p // n`` (a fresh permutation per epoch, or the identity when
+    ``shuffle=False``, e.g. for generated data where every index is already a new image).
+
+    Yields lists of ``(index, position)`` pairs, so the dataset can seed its augmentation from the position.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, shuffle: bool = True,
+                 start_iteration: int = 0, rank: int = 0, world_size: int = 1):
+        _check_distributed(rank, world_size)
+        if num_samples < 1 or batch_size < 1:
+            raise ValueError(f"need num_samples >= 1 and batch_size >= 1, got {num_samples}, {batch_size}")
+        self.n, self.batch_size, self.seed, self.shuffle = int(num_samples), int(batch_size), int(seed), shuffle
+        self.start_iteration, self.rank, self.world_size = int(start_iteration), rank, world_size
+        self._perm_epoch, self._perm = -1, None
+
+    def _index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.n)
+        if not self.shuffle:
+            return offset
+        if epoch != self._perm_epoch:
+            self._perm_epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return int(self._perm[offset])
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        it = self.start_iteration
+        while True:
+            first = (it * self.world_size + self.rank) * self.batch_size
+            yield [(self._index(p), p) for p in range(first, first + self.batch_size)]
+            it += 1

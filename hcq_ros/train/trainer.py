@@ -1,0 +1,221 @@
+"""The training loop shared by HCQNet and PersonNet: iterations, AdamW + warmup/cosine, bf16 autocast on CPU,
+checkpoint + resume, CSV/JSON logs, a PNG training curve, periodic evaluation, and torchrun DDP.
+
+A *task* object supplies the model-specific parts (see ``hcq_ros.train.hcq_task.HCQTask``)::
+
+    task.build_model() -> nn.Module             task.build_criterion() -> nn.Module
+    task.batches(rank, world_size, start_iteration) -> iterator of batches (endless)
+    task.loss(model, criterion, batch) -> dict of scalar tensors with "loss"
+    task.evaluate(model) -> dict of metrics      task.checkpoint_extra() -> dict stored in every checkpoint
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class TrainSchedule:
+    """Optimisation settings (the ``train:`` section of a training YAML)."""
+    iterations: int = 20000
+    lr: float = 2e-4
+    backbone_lr_scale: float = 1.0
+    weight_decay: float = 1e-4
+    warmup: int = 500
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 0.1
+    bf16: bool = True
+    checkpoint_every: int = 250
+    eval_every: int = 2000
+    log_every: int = 10
+    threads: int = 0            # torch intra-op threads; 0 = leave torch's default
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainSchedule":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown train settings {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+def lr_factor(it: int, s: TrainSchedule) -> float:
+    """Linear warmup then cosine decay to ``min_lr_ratio``."""
+    if it < s.warmup:
+        return (it + 1) / s.warmup
+    progress = min(1.0, (it - s.warmup) / max(1, s.iterations - s.warmup))
+    return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world_size); initialises the process group under torchrun (gloo on CPU, nccl on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+class Trainer:
+    def __init__(self, task, schedule: TrainSchedule, out_dir: str | Path, config_dump: dict):
+        self.task, self.s, self.out = task, schedule, Path(out_dir)
+        self.config_dump = config_dump
+        self.rank, self.world = _distributed()
+        self.main = self.rank == 0
+        self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+                                   if torch.cuda.is_available() else "cpu")
+        if schedule.threads:
+            torch.set_num_threads(schedule.threads)
+        torch.manual_seed(schedule.seed + self.rank)
+        self.model = task.build_model().to(self.device)
+        self.criterion = task.build_criterion().to(self.device)
+        params = [p for p in list(self.model.parameters()) + list(self.criterion.parameters()) if p.requires_grad]
+        backbone = {id(p) for n, p in self.model.named_parameters() if n.startswith("backbone.")}
+        groups = [{"params": [p for p in params if id(p) not in backbone], "lr_scale": 1.0},
+                  {"params": [p for p in params if id(p) in backbone], "lr_scale": schedule.backbone_lr_scale}]
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=schedule.lr,
+                                           weight_decay=schedule.weight_decay)
+        self.iteration = 0
+        self.ddp_model = self.model
+        if self.world > 1:
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+    @property
+    def last_path(self) -> Path:
+        return self.out / "last.pt"
+
+    def save(self, path: Path | None = None) -> None:
+        if not self.main:
+            return
+        path = path or self.last_path
+        tmp = path.with_suffix(".tmp")
+        torch.save({"model": self.model.state_dict(), "criterion": self.criterion.state_dict(),
+                    "optimizer": self.optimizer.state_dict(), "iteration": self.iteration,
+                    "schedule": asdict(self.s), "config": self.config_dump, "git_commit": git_commit(),
+                    **self.task.checkpoint_extra()}, tmp)
+        os.replace(tmp, path)   # atomic: an interrupted save never leaves a broken last.pt
+
+    def resume(self) -> bool:
+        """Load ``last.pt`` if it exists; a checkpoint of another config is an error naming the difference."""
+        if not self.last_path.exists():
+            return False
+        ckpt = torch.load(self.last_path, map_location=self.device, weights_only=False)
+        if ckpt.get("config", {}).get("model") != self.config_dump.get("model"):
+            raise ValueError(f"{self.last_path} was trained with model config {ckpt.get('config', {}).get('model')}"
+                             f", not {self.config_dump.get('model')}: use another --out or delete it")
+        self.model.load_state_dict(ckpt["model"])
+        self.criterion.load_state_dict(ckpt["criterion"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.iteration = int(ckpt["iteration"])
+        return True
+
+    # ---------------------------------------------------------------------------------------- logging
+    def _log_row(self, row: dict) -> None:
+        path = self.out / "log.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def _log_eval(self, metrics: dict) -> None:
+        with open(self.out / "eval.jsonl", "a") as f:
+            f.write(json.dumps({"iteration": self.iteration, **metrics}) + "\n")
+
+    def plot(self) -> Path | None:
+        """PNG of the loss terms (smoothed) and the eval metrics over iterations."""
+        from hcq_ros.train.curves import plot_training_curves
+        return plot_training_curves(self.out)
+
+    # ---------------------------------------------------------------------------------------- loop
+    def fit(self, progress: bool = True) -> dict:
+        from tqdm import tqdm
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        resumed = self.resume()
+        if self.main:
+            (self.out / "config.json").write_text(json.dumps(self.config_dump, indent=2))
+            if resumed:
+                print(f"resumed from {self.last_path} at iteration {self.iteration}")
+        batches = self.task.batches(self.rank, self.world, self.iteration)
+        bar = tqdm(total=self.s.iterations, initial=self.iteration, disable=not (progress and self.main),
+                   dynamic_ncols=True)
+        self.model.train()
+        sums: dict[str, float] = {}
+        n, t_last = 0, time.perf_counter()
+        metrics: dict = {}
+        while self.iteration < self.s.iterations:
+            for g in self.optimizer.param_groups:
+                g["lr"] = self.s.lr * g["lr_scale"] * lr_factor(self.iteration, self.s)
+            batch = next(batches)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.s.bf16):
+                losses = self.task.loss(self.ddp_model, self.criterion, batch)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at iteration {self.iteration}: "
+                                         + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.s.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
+            self.optimizer.step()
+            self.iteration += 1
+            for k, v in losses.items():
+                if "_aux" not in k:
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+            n += 1
+            bar.update(1)
+            if self.iteration % self.s.log_every == 0 or self.iteration == self.s.iterations:
+                now = time.perf_counter()
+                row = {"iteration": self.iteration, "lr": self.optimizer.param_groups[0]["lr"],
+                       "s_per_it": round((now - t_last) / n, 4), **{k: round(v / n, 5) for k, v in sums.items()}}
+                if self.main:
+                    self._log_row(row)
+                bar.set_postfix({k.replace("loss_", ""): f"{v / n:.3f}" for k, v in sums.items()})
+                sums, n, t_last = {}, 0, now
+            if self.iteration % self.s.checkpoint_every == 0:
+                self.save()
+            if self.s.eval_every and self.iteration % self.s.eval_every == 0 and self.main:
+                metrics = self._evaluate()
+        bar.close()
+        self.save()
+        if self.main and (not metrics or self.s.eval_every == 0 or self.iteration % self.s.eval_every):
+            metrics = self._evaluate() if self.s.eval_every else {}
+        if self.main:
+            self.plot()
+        if self.world > 1:
+            dist.barrier()
+        return metrics
+
+    def _evaluate(self) -> dict:
+        self.model.eval()
+        try:
+            metrics = self.task.evaluate(self.model)
+        finally:
+            self.model.train()
+        self._log_eval(metrics)
+        print(f"[eval @ {self.iteration}] " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                                                         if isinstance(v, float)))
+        return metrics

@@ -1,0 +1,221 @@
+"""HCQNet model: shapes for every preset, canonical keypoint mapping, iterative refinement, input validation,
+config/checkpoint handling, FLOP accounting and the postprocessor."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hcq_ros.models.hcq import PRESETS, HCQConfig, HCQNet, flops_by_module, load_checkpoint, save_checkpoint
+from hcq_ros.models.heads import canonical_to_image, corners_to_xyxy, image_to_canonical, sine_embed
+from hcq_ros.models.postprocess import HCQPostProcess
+
+TINY = dict(d_model=32, mask_dim=32, enc_layers=2, dec_layers=2, num_queries=10, ffn_dim=64, mask_points=256)
+
+
+def tiny(preset: str = "hcqnet", **overrides) -> HCQConfig:
+    return HCQConfig.preset(preset, "small", **{**TINY, **overrides})
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_forward_shapes_for_every_preset(preset, images):
+    torch.manual_seed(0)
+    model = HCQNet(tiny(preset)).train()
+    out = model(images)
+    assert out["pred_logits"].shape == (2, 10, 1)
+    assert out["pred_boxes"].shape == (2, 10, 4)
+    assert out["pred_box_sigma"].shape == (2, 10, 4)
+    assert out["pred_masks"].shape == (2, 10, 16, 16)
+    boxes = out["pred_boxes"]
+    assert torch.all(boxes[..., 2] >= boxes[..., 0]) and torch.all(boxes[..., 3] >= boxes[..., 1])
+    assert torch.all((boxes >= 0) & (boxes <= 1))
+    if preset == "basenet_ds":
+        assert "pred_keypoints" not in out and "pred_kpt_sigma" not in out
+    else:
+        assert out["pred_keypoints"].shape == (2, 10, 17, 2)
+        assert out["pred_kpt_sigma"].shape == (2, 10, 17, 2)
+        assert torch.all((out["pred_kpt_sigma"] > 0) & (out["pred_kpt_sigma"] < 1))
+    assert len(out["aux_outputs"]) == 1
+    assert set(out["aux_outputs"][0]) == set(out) - {"aux_outputs"}
+    model.eval()
+    with torch.no_grad():
+        assert model(images)["aux_outputs"] == []
+
+
+def test_presets_turn_on_the_documented_switches():
+    flags = ("query_keypoints", "keypoints_in_heads", "keypoints_in_attention")
+    table = {name: tuple(getattr(HCQConfig.preset(name), f) for f in flags) for name in PRESETS}
+    assert table["basenet_ds"] == table["basenet_dps"] == (False, False, False)
+    assert table["hcqnet_alpha"] == (True, False, False)
+    assert table["hcqnet_beta"] == (True, True, False)
+    assert table["hcqnet"] == table["hcqnet_image_space"] == (True, True, True)
+    assert HCQConfig.preset("basenet_ds").tasks == "det_seg"
+    assert HCQConfig.preset("hcqnet").pose_space == "canonical"
+    assert HCQConfig.preset("hcqnet_image_space").pose_space == "image"
+    base = HCQConfig.preset("hcqnet", "base")
+    assert (base.profile, base.d_model, base.num_queries) == ("base", 256, 100)
+
+
+def test_canonical_to_image_mapping():
+    corners = torch.tensor([[[0.2, 0.1], [0.6, 0.9]]])                      # p0 = (0.2, 0.1), p1 = (0.6, 0.9)
+    canonical = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [0.5, 0.25], [-0.5, 1.5]]])
+    image = canonical_to_image(corners, canonical)
+    expected = torch.tensor([[[0.2, 0.1], [0.6, 0.9], [0.4, 0.3], [0.0, 1.3]]])
+    torch.testing.assert_close(image, expected)
+    torch.testing.assert_close(image_to_canonical(corners, image), canonical)
+
+
+def test_corners_to_xyxy_orders_corners_and_keeps_each_sigma_with_its_coordinate():
+    corners = torch.tensor([[[0.7, 0.2], [0.3, 0.8]]])                      # x swapped, y in order
+    sigma = torch.tensor([[0.1, 0.2, 0.3, 0.4]])                            # for p0x, p0y, p1x, p1y
+    boxes, s = corners_to_xyxy(corners, sigma)
+    torch.testing.assert_close(boxes, torch.tensor([[0.3, 0.2, 0.7, 0.8]]))
+    torch.testing.assert_close(s, torch.tensor([[0.3, 0.2, 0.1, 0.4]]))
+
+
+def test_sine_embed_distinguishes_coordinates():
+    emb = sine_embed(torch.tensor([[0.1, 0.2], [0.1, 0.3]]), 8)
+    assert emb.shape == (2, 16)
+    torch.testing.assert_close(emb[0, :8], emb[1, :8])
+    assert not torch.allclose(emb[0, 8:], emb[1, 8:])
+
+
+def test_iterative_refinement_changes_keypoints_between_layers(images):
+    torch.manual_seed(1)
+    model = HCQNet(tiny("hcqnet", dec_layers=3)).train()
+    for head in (*model.box_heads, *model.pose_heads):                      # as after some training
+        torch.nn.init.normal_(head.mlp.last.weight, std=0.05)
+    out = model(images)
+    layers = [a["pred_keypoints"] for a in out["aux_outputs"]] + [out["pred_keypoints"]]
+    _, corners0, joints0 = model.decoder.initial_state(2)
+    start = canonical_to_image(corners0, joints0)
+    for before, after in zip([start] + layers[:-1], layers):
+        assert (after - before).abs().mean() > 1e-3
+    # The refined keypoints are detached between layers: the last layer's box gets no gradient through the
+    # earlier layers' refinement heads.
+    model.zero_grad()
+    (out["pred_boxes"].sum() + out["pred_keypoints"].sum()).backward()
+    for head in (model.box_heads[0], model.pose_heads[0], model.box_heads[1]):
+        assert all(p.grad is None or not p.grad.any() for p in head.parameters())
+    assert model.box_heads[2].mlp.last.weight.grad.abs().sum() > 0
+
+
+def test_joints_are_split_across_attention_heads():
+    model = HCQNet(tiny("hcqnet", n_heads=4))
+    index = model.decoder.joint_index
+    assert index.shape == (4, math.ceil(17 / 4))
+    assert set(index.flatten().tolist()) == set(range(17))
+    joints = torch.rand(2, 10, 17, 2)
+    points = model.decoder.attention_points(joints)
+    assert points.shape == (2, 10, 4, 5, 2)
+    torch.testing.assert_close(points[:, :, 1, 0], joints[:, :, int(index[1, 0])])
+    assert HCQNet(tiny("hcqnet_beta")).decoder.layers[0].cross_attn.n_extra_points == 0
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "float"),
+    (torch.zeros(1, 1, 64, 64), r"\[B, 3, H, W\]"),
+    (torch.zeros(3, 64, 64), r"\[B, 3, H, W\]"),
+    (torch.zeros(1, 3, 64, 80), "multiples of 32"),
+    (torch.zeros(0, 3, 64, 64), "empty batch"),
+])
+def test_bad_images_raise_clear_errors(bad, message):
+    with pytest.raises(ValueError, match=message):
+        HCQNet.check_images(bad)
+
+
+def test_config_round_trip_and_validation():
+    config = tiny("hcqnet_alpha")
+    assert HCQConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown HCQConfig keys"):
+        HCQConfig.from_dict({**config.to_dict(), "num_querys": 3})
+    with pytest.raises(ValueError, match="need query_keypoints"):
+        tiny("basenet_dps", keypoints_in_heads=True)
+    with pytest.raises(ValueError, match="pose_space"):
+        tiny("hcqnet", pose_space="polar")
+    with pytest.raises(ValueError, match="unknown HCQNet preset"):
+        HCQConfig.preset("hcqnet_gamma")
+
+
+def test_checkpoint_round_trip_and_mismatch(tmp_path):
+    model = HCQNet(tiny("hcqnet"))
+    path = tmp_path / "hcq.pt"
+    save_checkpoint(path, model, step=3)
+    loaded = load_checkpoint(path, requested=tiny("hcqnet", class_weight=1.0))   # loss fields may differ
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match=r"d_model: 32 != 64.*keypoints_in_attention"):
+        load_checkpoint(path, requested=tiny("hcqnet_beta", d_model=64))
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_flops_by_module_reports_every_part():
+    model = HCQNet(tiny("hcqnet"))
+    flops = flops_by_module(model, (64, 64))
+    for part in ("backbone", "pixel_decoder", "decoder", "class_head", "box_heads", "pose_heads", "mask_head"):
+        assert flops[part] > 0, part
+    assert flops["total"] == pytest.approx(sum(v for k, v in flops.items() if k != "total"), rel=0.01)
+    assert flops["class_head"] < flops["decoder"] < flops["total"]
+    assert model.training                                                    # mode restored
+
+
+# ----------------------------------------------------------------------------------------- postprocess
+def constructed_outputs(logit: float) -> dict:
+    """One image, 3 queries; query 1 is a person at normalised box (0.25, 0.25, 0.75, 0.5)."""
+    logits = torch.full((1, 3, 1), -6.0)
+    logits[0, 1, 0] = logit
+    boxes = torch.tensor([[[0.0, 0.0, 0.1, 0.1], [0.25, 0.25, 0.75, 0.5], [0.5, 0.5, 0.6, 0.6]]])
+    keypoints = torch.full((1, 3, 17, 2), 0.5)
+    keypoints[0, 1, 0] = torch.tensor([0.25, 0.75])
+    sigma = torch.full((1, 3, 17, 2), 0.1)
+    sigma[0, 1, 3] = torch.tensor([0.3, 0.5])
+    masks = torch.full((1, 3, 16, 16), -8.0)
+    masks[0, 1] = 8.0                                                        # on everywhere, even outside the box
+    return {"pred_logits": logits, "pred_boxes": boxes, "pred_keypoints": keypoints, "pred_kpt_sigma": sigma,
+            "pred_masks": masks}
+
+
+def test_postprocess_returns_nothing_for_low_scores():
+    results = HCQPostProcess(score_threshold=0.5)(constructed_outputs(-3.0), [(100, 200)])
+    assert results[0]["scores"].shape == (0,)
+    assert results[0]["boxes"].shape == (0, 4)
+    assert results[0]["keypoints"].shape == (0, 17, 3)
+    assert results[0]["masks"].shape == (0, 100, 200)
+
+
+def test_postprocess_pixel_coordinates_confidence_and_mask_paste():
+    result = HCQPostProcess(score_threshold=0.5, box_margin=0.0)(constructed_outputs(3.0), [(100, 200)])[0]
+    assert result["scores"].shape == (1,) and result["scores"][0] == pytest.approx(torch.sigmoid(torch.tensor(3.0)))
+    torch.testing.assert_close(result["boxes"][0], torch.tensor([50.0, 25.0, 150.0, 50.0]))
+    torch.testing.assert_close(result["keypoints"][0, 0], torch.tensor([50.0, 75.0, 0.9]))
+    assert result["keypoints"][0, 3, 2] == pytest.approx(0.6)
+    mask = result["masks"][0]
+    assert mask.shape == (100, 200)
+    assert mask[30:45, 60:140].all()                                        # inside the box
+    assert not mask[:20].any() and not mask[60:].any() and not mask[:, :40].any()  # pasted only near the box
+
+
+def test_postprocess_undoes_letterbox():
+    # 100 x 200 image letterboxed into 128 x 128: scale 0.64, 32 rows of padding on top.
+    outputs = constructed_outputs(3.0)
+    result = HCQPostProcess()(outputs, [(100, 200)], letterbox=[(0.64, 0.0, 32.0)], input_size=(128, 128))[0]
+    # box y: 0.25 * 128 = 32 -> (32 - 32) / 0.64 = 0;  0.5 * 128 = 64 -> 50;  x: 0.25 * 128 / 0.64 = 50.
+    torch.testing.assert_close(result["boxes"][0], torch.tensor([50.0, 0.0, 150.0, 50.0]))
+    torch.testing.assert_close(result["keypoints"][0, 0, :2], torch.tensor([50.0, 100.0]))
+    with pytest.raises(ValueError, match="letterbox has 2 entries"):
+        HCQPostProcess()(outputs, [(100, 200)], letterbox=[(1, 0, 0), (1, 0, 0)])
+
+
+def test_postprocess_keeps_top_people_sorted():
+    outputs = constructed_outputs(3.0)
+    outputs["pred_logits"][0, :, 0] = torch.tensor([1.0, 3.0, 2.0])
+    result = HCQPostProcess(score_threshold=0.1, max_people=2)(outputs, [(64, 64)])[0]
+    expected = torch.sigmoid(torch.tensor([3.0, 2.0]))
+    torch.testing.assert_close(result["scores"], expected)
