@@ -47,12 +47,20 @@ def test_train_logs_checkpoints_evaluates_and_resumes(tmp_path):
     assert [int(r["iteration"]) for r in rows] == [1, 2]
     assert all(float(r["loss"]) > 0 for r in rows) and "loss_pose" in rows[0]
     # resume: continues from iteration 2 to 4 instead of starting again
-    assert _train(cfg, out) == 0
+    snapshot = tmp_path / "engines" / "tiny.pt"
+    assert _train(cfg, out, "--export", str(snapshot)) == 0
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
     evals = [json.loads(line) for line in open(out / "eval.jsonl")]
     assert evals and {"bbox_AP", "segm_AP", "keypoints_AP"} <= set(evals[-1])
     assert (out / "curve.png").stat().st_size > 1000
+    # the weights-only snapshot (what engines/ ships) loads as an HCQNet and seeds a new run at its iteration
+    from hcq_ros.models.hcq import load_checkpoint
+    assert load_checkpoint(snapshot).config.num_queries == 6
+    assert "optimizer" not in torch.load(snapshot, weights_only=False)
+    out2 = tmp_path / "run2"
+    assert _train(cfg, out2, "--init", str(snapshot), "--iterations", "5", "--set", "train.eval_every=0") == 0
+    assert [int(r["iteration"]) for r in csv.DictReader(open(out2 / "log.csv"))] == [5]
 
 
 def test_resume_with_another_architecture_is_refused(tmp_path):

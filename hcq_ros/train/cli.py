@@ -20,6 +20,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--iterations", type=int, default=None, help="overrides train.iterations")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config value, e.g. --set data.batch_size=4 (value parsed as YAML)")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from this weights-only snapshot when OUT has no last.pt (e.g. engines/hcq_small.pt)")
+    parser.add_argument("--export", type=Path, default=None,
+                        help="at the end, write a weights-only snapshot here (what engines/ ships)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
 
 
@@ -63,7 +67,9 @@ def run(args) -> int:
     out = args.out or Path("runs") / args.config.stem
     schedule = TrainSchedule.from_dict(config["train"])
     trainer = Trainer(build_task(config, out), schedule, out, config)
-    metrics = trainer.fit(progress=not args.no_progress)
+    metrics = trainer.fit(progress=not args.no_progress, init=args.init)
+    if args.export:
+        trainer.export_weights(args.export)
     if trainer.main:
         print(f"checkpoint: {trainer.last_path}")
         for k in ("bbox_AP", "segm_AP", "keypoints_AP", "keypoints_AP_nosmall"):

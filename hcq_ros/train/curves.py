@@ -66,7 +66,8 @@ def plot_training_curves(run_dir: str | Path, out: str | Path | None = None,
     ax_eval.set_xlabel("iteration")
     ax_eval.set_title("evaluation")
     ax_eval.set_ylim(0, 1)
-    ax_eval.legend(fontsize=7)
+    if ax_eval.get_legend_handles_labels()[0]:
+        ax_eval.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -116,10 +116,11 @@ class Trainer:
                     **self.task.checkpoint_extra()}, tmp)
         os.replace(tmp, path)   # atomic: an interrupted save never leaves a broken last.pt
 
-    def resume(self) -> bool:
-        """Load ``last.pt`` if it exists; a checkpoint of another config is an error naming the difference."""
+    def resume(self, init: Path | None = None) -> bool:
+        """Load ``last.pt`` if it exists, else the weights-only snapshot ``init`` (a shipped ``engines/*.pt``:
+        model + criterion + iteration, fresh optimizer). Another config is an error naming the difference."""
         if not self.last_path.exists():
-            return False
+            return self._init_from(init) if init else False
         ckpt = torch.load(self.last_path, map_location=self.device, weights_only=False)
         if ckpt.get("config", {}).get("model") != self.config_dump.get("model"):
             raise ValueError(f"{self.last_path} was trained with model config {ckpt.get('config', {}).get('model')}"
@@ -129,6 +130,26 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.iteration = int(ckpt["iteration"])
         return True
+
+    def _init_from(self, path: Path) -> bool:
+        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        if ckpt.get("config", {}).get("model") != self.config_dump.get("model"):
+            raise ValueError(f"--init {path} has model config {ckpt.get('config', {}).get('model')}, "
+                             f"not {self.config_dump.get('model')}")
+        self.model.load_state_dict(ckpt["model"])
+        if "criterion" in ckpt:
+            self.criterion.load_state_dict(ckpt["criterion"])
+        self.iteration = int(ckpt.get("iteration", 0))
+        return True
+
+    def export_weights(self, path: Path) -> None:
+        """Weights-only snapshot (no optimizer state) for shipping in engines/ and for ``--init``."""
+        if not self.main:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": self.model.state_dict(), "criterion": self.criterion.state_dict(),
+                    "iteration": self.iteration, "config": self.config_dump, "git_commit": git_commit(),
+                    **self.task.checkpoint_extra()}, path)
 
     # ---------------------------------------------------------------------------------------- logging
     def _log_row(self, row: dict) -> None:
@@ -150,11 +171,11 @@ class Trainer:
         return plot_training_curves(self.out)
 
     # ---------------------------------------------------------------------------------------- loop
-    def fit(self, progress: bool = True) -> dict:
+    def fit(self, progress: bool = True, init: Path | None = None) -> dict:
         from tqdm import tqdm
 
         self.out.mkdir(parents=True, exist_ok=True)
-        resumed = self.resume()
+        resumed = self.resume(init)
         if self.main:
             (self.out / "config.json").write_text(json.dumps(self.config_dump, indent=2))
             if resumed:
