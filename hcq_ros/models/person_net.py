@@ -152,6 +152,8 @@ class PersonNet(nn.Module):
             training outputs also ``heatmaps [B, 17, H/s, W/s]`` logits;
         parts: ``part_logits [B, 15, H, W]`` (PART_NAMES order).
     Training outputs are produced when ``with_train_outputs`` is True (default: in training mode).
+    Empty batches run through every module here, but an ONNX export of the GroupNorm net cannot run B = 0 in
+    onnxruntime (its GroupNorm Reshape to [0, G, -1] cannot infer -1): runtimes skip the call for no crops.
     """
 
     def __init__(self, config: PersonNetConfig) -> None:
