@@ -24,7 +24,10 @@ from hcq_ros.data.schema import NUM_KEYPOINTS
 from hcq_ros.train.matcher import HungarianMatcher, point_sample
 from hcq_ros.train.rle import RLELoss
 
-MIN_BOX_SCALE = 0.01  # floor of sqrt(w * h) (normalised) when turning residuals into box-scale units
+# Floor of sqrt(w * h) (normalised image units) when turning residuals into box-scale units. SynthHumans has many
+# people a few pixels tall; with a tiny floor their residuals, hundreds of "box sizes" early in training, made the
+# RLE terms ~100x the class/mask terms and swamped the shared trunk's gradient. 0.1 = 26 px at 256 px input.
+MIN_BOX_SCALE = 0.1
 
 
 def sample_uncertain_points(logits: torch.Tensor, num_points: int, oversample: float = 3.0,
