@@ -475,7 +475,7 @@ def image_msg(stamp_ns: int, frame_id: str = "cam_optical", encoding: str = "rgb
     return msg
 
 
-def wait_for(condition, timeout: float = 5.0) -> None:
+def wait_for(condition, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"

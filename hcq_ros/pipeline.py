@@ -1,0 +1,284 @@
+"""Perceptor: one camera frame -> PersonFrame (DESIGN.md §1).
+
+    letterbox + normalise -> HCQNet backend -> postprocessor (scores, boxes, keypoints, masks)
+    -> crops of every box (one batch) -> PersonNet backend (embedding, attributes, parts)
+    -> tracker (Kalman + IoU + ReID) -> PersonFrame with per-stage timings
+
+ROS-agnostic; the node, the replay and ``hcq-ros run`` all call ``Perceptor.process``. A frame that cannot be
+processed (bad image, a backend error) comes back as a PersonFrame with ``dropped`` set to the reason: the caller
+keeps running and still emits one output per input frame.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from hcq_ros.data.schema import ATTRIBUTE_NAMES, ATTRIBUTES
+from hcq_ros.result import Person, PersonFrame, box_grid
+
+log = logging.getLogger(__name__)
+
+# Options that may change while running (ROS parameter callbacks); everything else needs a restart.
+RUNTIME_OPTIONS = ("score_threshold", "mask_threshold", "max_people", "enable_person_net", "enable_masks",
+                   "enable_parts", "enable_attributes", "enable_reid")
+
+
+@dataclass
+class PerceptorConfig:
+    """backend: auto | tensorrt | onnxruntime | torch. detector_model / person_model: any file of the model's
+    family (``<stem>.pt``, ``.onnx``, ``.trt.onnx``); the backend picks its sibling. input_size: (W, H) of the
+    detector input (the exported size). max_image_pixels: larger frames are rejected (dropped) with a reason."""
+    backend: str = "auto"
+    detector_model: str = "engines/hcq_small.onnx"
+    person_model: str = "engines/person_small.onnx"
+    engine_cache_dir: Optional[str] = None
+    input_size: tuple[int, int] = (320, 320)
+    score_threshold: float = 0.5
+    mask_threshold: float = 0.5
+    max_people: int = 20
+    enable_person_net: bool = True
+    enable_masks: bool = True
+    enable_parts: bool = True
+    enable_attributes: bool = True
+    enable_reid: bool = True
+    threads: int = 0
+    max_image_pixels: int = 4096 * 4096
+    tracker: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PerceptorConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown perceptor settings {unknown}; known: {sorted(known)}")
+        data = dict(data)
+        if "input_size" in data:
+            data["input_size"] = tuple(int(v) for v in data["input_size"])
+        config = cls(**data)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if not 0.0 <= self.score_threshold < 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1), got {self.score_threshold}")
+        if not 0.0 < self.mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
+        if self.max_people < 1:
+            raise ValueError(f"max_people must be >= 1, got {self.max_people}")
+        w, h = self.input_size
+        if w % 32 or h % 32 or w <= 0 or h <= 0:
+            raise ValueError(f"input_size must be positive multiples of 32, got {self.input_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Perceptor:
+    """Loads the backends and the tracker once; ``process`` one frame at a time (not thread-safe: one caller)."""
+
+    def __init__(self, config: PerceptorConfig, detector=None, person_net=None):
+        """``detector``/``person_net``: already-loaded backends (tests, benchmarks); else opened from the config."""
+        from hcq_ros.models.postprocess import HCQPostProcess
+        from hcq_ros.tracking.tracker import Tracker, TrackerConfig
+
+        config.validate()
+        self.config = config
+        self.reasons: dict[str, str] = {}
+        self.detector = detector or self._open("detector", config.detector_model)
+        self.person_net = person_net
+        if self.person_net is None and config.enable_person_net:
+            self.person_net = self._open("person_net", config.person_model)
+        self.postprocess = HCQPostProcess(score_threshold=config.score_threshold, max_people=config.max_people,
+                                          mask_threshold=config.mask_threshold)
+        self.tracker = Tracker(TrackerConfig.from_dict(config.tracker))
+        self.crop_size = self._crop_size()
+
+    def _open(self, role: str, path: str):
+        from hcq_ros.runtime.backend import open_backend
+
+        options = {}
+        if self.config.threads:
+            options["intra_op_threads"] = self.config.threads
+        if self.config.engine_cache_dir:
+            options["cache_dir"] = self.config.engine_cache_dir
+        backend, reason = open_backend(self.config.backend, path, **options)
+        self.reasons[role] = reason
+        log.info("%s backend: %s", role, reason)
+        return backend
+
+    def _crop_size(self) -> tuple[int, int]:
+        """(W, H) PersonNet expects, from the backend's input shape."""
+        if self.person_net is None:
+            return (64, 128)
+        shape = self.person_net.input_shapes["crops"]
+        return int(shape[3]), int(shape[2])
+
+    def set_runtime_options(self, **options) -> None:
+        """Change thresholds / enabled tasks while running; other settings raise ValueError (need a restart)."""
+        bad = sorted(set(options) - set(RUNTIME_OPTIONS))
+        if bad:
+            raise ValueError(f"cannot change {bad} at runtime (restart needed); changeable: {list(RUNTIME_OPTIONS)}")
+        new = replace(self.config, **options)
+        new.validate()
+        if new.enable_person_net and self.person_net is None:
+            self.person_net = self._open("person_net", new.person_model)
+            self.crop_size = self._crop_size()
+        self.config = new
+        self.postprocess.score_threshold = new.score_threshold
+        self.postprocess.mask_threshold = new.mask_threshold
+        self.postprocess.max_people = new.max_people
+
+    def reset(self) -> None:
+        """Forget all tracks (a looped bag or a camera restart sends time backwards)."""
+        self.tracker.reset()
+
+    def close(self) -> None:
+        for backend in (self.detector, self.person_net):
+            if backend is not None:
+                backend.close()
+
+    # ------------------------------------------------------------------------------------------------ frame
+    def process(self, image_rgb: np.ndarray, stamp_ns: int = 0, frame_id: str = "") -> PersonFrame:
+        """uint8 [H, W, 3] RGB -> PersonFrame. Never raises for a bad frame: it is returned dropped, with a reason."""
+        size = _image_size(image_rgb)
+        problem = self.check_image(image_rgb)
+        if problem:
+            return PersonFrame(stamp_ns, frame_id, size, dropped=problem)
+        try:
+            return self._process(image_rgb, stamp_ns, frame_id)
+        except Exception as exc:  # one broken frame must not stop a robot's perception
+            log.exception("frame %s dropped", stamp_ns)
+            return PersonFrame(stamp_ns, frame_id, size, dropped=f"processing error: {type(exc).__name__}: {exc}")
+
+    def check_image(self, image) -> Optional[str]:
+        """None if ``image`` can be processed, else the reason it cannot."""
+        if not isinstance(image, np.ndarray):
+            return f"image is not a numpy array ({type(image).__name__})"
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            return f"image must be uint8 [H, W, 3] RGB, got {image.dtype} {list(image.shape)}"
+        h, w = image.shape[:2]
+        if h == 0 or w == 0:
+            return f"image has zero size ({w}x{h})"
+        if h * w > self.config.max_image_pixels:
+            return f"image too large ({w}x{h} > {self.config.max_image_pixels} pixels)"
+        return None
+
+    def _process(self, image: np.ndarray, stamp_ns: int, frame_id: str) -> PersonFrame:
+        import torch
+
+        from hcq_ros.data.torch_dataset import image_to_tensor
+        from hcq_ros.data.transforms import letterbox
+
+        c = self.config
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        h, w = image.shape[:2]
+        boxed, scale, pad = letterbox(image, c.input_size)
+        x = image_to_tensor(boxed).numpy()[None]
+        t = _lap(timings, "preprocess", t)
+        raw = self.detector.infer({"images": x})
+        t = _lap(timings, "detector", t)
+        outputs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in raw.items()}
+        det = self.postprocess(outputs, [(h, w)], letterbox=[(scale, pad[0], pad[1])],
+                               input_size=(c.input_size[1], c.input_size[0]))[0]
+        boxes = det["boxes"].numpy()
+        scores = det["scores"].numpy()
+        keypoints = det["keypoints"].numpy()
+        masks = det["masks"].numpy()
+        t = _lap(timings, "postprocess", t)
+
+        person_out = self._run_person_net(image, boxes, timings) if len(boxes) and self.person_net is not None \
+            and c.enable_person_net else None
+        t = time.perf_counter()
+        embeddings = person_out["embedding"] if person_out is not None and "embedding" in person_out \
+            and c.enable_reid else None
+        tracks = self.tracker.update(boxes, scores, embeddings, stamp_ns=stamp_ns or None)
+        t = _lap(timings, "tracker", t)
+
+        persons = []
+        for i in range(len(boxes)):
+            persons.append(self._person(i, boxes[i], scores[i], keypoints[i], masks[i], tracks[i].track_id,
+                                        person_out))
+        _lap(timings, "assemble", t)
+        return PersonFrame(stamp_ns, frame_id, (w, h), persons, timings)
+
+    def _run_person_net(self, image: np.ndarray, boxes: np.ndarray, timings: dict) -> dict:
+        from hcq_ros.data.crops import crop_persons
+        from hcq_ros.data.torch_dataset import IMAGE_MEAN, IMAGE_STD
+
+        t = time.perf_counter()
+        crops, affines = crop_persons(image, boxes, crop_size=self.crop_size)
+        x = ((crops.astype(np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD).transpose(0, 3, 1, 2)
+        t = _lap(timings, "crops", t)
+        out = self.person_net.infer({"crops": np.ascontiguousarray(x)})
+        out["_affines"] = affines
+        _lap(timings, "person_net", t)
+        return out
+
+    def _person(self, i: int, box, score, keypoints, full_mask, track_id: int, person_out) -> Person:
+        from hcq_ros.data.crops import paste_to_box
+
+        c = self.config
+        x0, y0, bw, bh = box_grid(box)
+        mask = _grid_crop(full_mask, x0, y0, bw, bh) if c.enable_masks else None
+        parts = attributes = None
+        embedding = np.zeros(0, np.float32)
+        if person_out is not None:
+            if c.enable_parts and "part_logits" in person_out:
+                logits = person_out["part_logits"][i].transpose(1, 2, 0)          # [h, w, P]
+                parts = paste_to_box(np.ascontiguousarray(logits), person_out["_affines"][i], box).argmax(-1)
+                parts = parts.astype(np.uint8)
+                if mask is not None:
+                    parts[~mask] = 0   # one person's parts live inside that person's mask
+            if c.enable_attributes and "attr_" + ATTRIBUTE_NAMES[0] in person_out:
+                attributes = {}
+                for name in ATTRIBUTE_NAMES:
+                    p = _softmax(person_out["attr_" + name][i])
+                    attributes[name] = (ATTRIBUTES[name][int(p.argmax())], float(p.max()))
+            if c.enable_reid and "embedding" in person_out:
+                embedding = person_out["embedding"][i].astype(np.float32)
+        return Person(track_id=int(track_id), score=float(score), box=box, keypoints=keypoints, mask=mask,
+                      parts=parts, attributes=attributes or {}, embedding=embedding)
+
+    def process_stream(self, frames, newest_only: bool = False):
+        """Iterate PersonFrames for an iterable of (stamp_ns, frame_id, image). ``newest_only`` is for live
+        sources: see ``hcq_ros.ros.frame_slot`` for the threaded newest-frame slot the node uses."""
+        for stamp_ns, frame_id, image in frames:
+            yield self.process(image, stamp_ns, frame_id)
+
+
+def _lap(timings: dict, stage: str, t0: float) -> float:
+    now = time.perf_counter()
+    timings[stage] = round((now - t0) * 1000.0, 3)
+    return now
+
+
+def _image_size(image) -> tuple[int, int]:
+    shape = getattr(image, "shape", ())
+    return (int(shape[1]), int(shape[0])) if len(shape) >= 2 else (0, 0)
+
+
+def _grid_crop(full: np.ndarray, x0: int, y0: int, bw: int, bh: int) -> np.ndarray:
+    """The [bh, bw] window of a full-image map at (x0, y0); parts outside the image are False/0."""
+    out = np.zeros((bh, bw), dtype=full.dtype)
+    h, w = full.shape[:2]
+    xa, ya, xb, yb = max(0, x0), max(0, y0), min(w, x0 + bw), min(h, y0 + bh)
+    if xb > xa and yb > ya:
+        out[ya - y0:yb - y0, xa - x0:xb - x0] = full[ya:yb, xa:xb]
+    return out
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max())
+    return z / z.sum()
+
+
+def default_model_paths(engines_dir: str | Path = "engines") -> tuple[Path, Path]:
+    """The shipped detector and PersonNet (any file of each family)."""
+    d = Path(engines_dir)
+    return d / "hcq_small.onnx", d / "person_small.onnx"
