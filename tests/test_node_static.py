@@ -400,6 +400,9 @@ class FakePerceptor:
             raise ValueError(f"cannot change {sorted(set(options) - set(RUNTIME_OPTIONS))} at runtime")
         self.runtime_changes.append(options)
 
+    def reset(self):
+        self.tracker.reset()
+
     def close(self):
         self.closed = True
 
