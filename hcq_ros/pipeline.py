@@ -197,7 +197,7 @@ class Perceptor:
         t = time.perf_counter()
         embeddings = person_out["embedding"] if person_out is not None and "embedding" in person_out \
             and c.enable_reid else None
-        tracks = self.tracker.update(boxes, scores, embeddings, stamp_ns=stamp_ns or None)
+        tracks = self.tracker.update(boxes, scores, embeddings, stamp_ns=stamp_ns)
         t = _lap(timings, "tracker", t)
 
         persons = []
