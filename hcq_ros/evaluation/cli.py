@@ -1,4 +1,10 @@
-"""``hcq-ros eval --gt DIR --pred PATH [--pred PATH ...] [--json OUT]``: score prediction files.
+"""``hcq-ros eval --gt DIR --pred PATH [--pred PATH ...] [--json OUT]``: score prediction files;
+``hcq-ros eval --model CKPT --data DIR [--json OUT]``: run a checkpoint on a SynthHumans folder and score it.
+
+A checkpoint says which network it holds: a PersonNet (``person_config``) is scored by
+``person_eval.evaluate_person_net`` (ReID, attributes, parts, crop pose on the folder's sequence frames), an HCQNet
+(``hcq_config``) by ``detector.evaluate_detector`` (COCO AP at ``--input-size``, default the training run's
+``data.image_size`` stored in the checkpoint, else 256).
 
 Each ``--pred`` is sorted into its kind (``predictions.find_predictions``: detections json, part PNG folder,
 ReID npz, MOT result folder, or a folder bundling several) and every metric that applies is computed with
@@ -24,15 +30,23 @@ from .reid import evaluate_reid_npz
 
 # Order of the printed table (other scalar keys follow).
 HEADLINE = ("bbox_AP", "bbox_AP50", "segm_AP", "keypoints_AP", "keypoints_AP_nosmall", "parts_mIoU", "attr_acc",
-            "crop_attr_acc", "reid_mAP", "reid_rank1", "reid_rank5", "mot_MOTA", "mot_IDF1", "id_switches")
+            "crop_attr_acc", "reid_mAP", "reid_rank1", "reid_rank5", "pose_PCK", "mot_MOTA", "mot_IDF1",
+            "id_switches")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gt", required=True, type=Path,
+    parser.add_argument("--gt", type=Path,
                         help="dataset folder (annotations/person_keypoints.json, parts/, mot/, market/)")
     parser.add_argument("--pred", action="append", type=Path, default=[], metavar="PATH",
                         help="predictions: detections .json, ReID .npz, folder of part PNGs, folder of MOT "
                              "{seq}.txt, or a folder bundling them (repeatable)")
+    parser.add_argument("--model", type=Path, metavar="CKPT",
+                        help="a PersonNet or HCQNet checkpoint (.pt) to run on --data instead of prediction files")
+    parser.add_argument("--data", type=Path, metavar="DIR", help="SynthHumans folder the --model is scored on")
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("W", "H"),
+                        help="HCQNet input size for --model (default: from the checkpoint, else 256 256)")
+    parser.add_argument("--frame-step", type=int, default=5,
+                        help="PersonNet --model: evaluate frames with frame %% N == 0 (default 5)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write all metrics to this JSON file")
     parser.add_argument("--verbose", action="store_true",
                         help="print pycocotools' summaries and every scalar metric")
@@ -110,9 +124,50 @@ def format_table(metrics: dict, full: bool = False) -> str:
     return "\n".join(lines)
 
 
+def evaluate_checkpoint(ckpt_path: str | Path, data_dir: str | Path, input_size: Sequence[int] | None = None,
+                        frame_step: int = 5, verbose: bool = False) -> dict:
+    """Load ``ckpt_path`` (PersonNet or HCQNet, told apart by its config key) and score it on ``data_dir``."""
+    import torch
+
+    ckpt_path, data_dir = Path(ckpt_path), Path(data_dir)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data folder not found: {data_dir}")
+    ckpt = torch.load(str(ckpt_path), map_location="cpu", weights_only=False)
+    from hcq_ros.models import hcq, person_net
+
+    if isinstance(ckpt, dict) and person_net.CHECKPOINT_CONFIG_KEY in ckpt:
+        from .person_eval import evaluate_person_net
+
+        model = person_net.load_checkpoint(ckpt_path)
+        return {"model": "PersonNet", **evaluate_person_net(model, data_dir, frame_step=frame_step)}
+    if isinstance(ckpt, dict) and hcq.CHECKPOINT_CONFIG_KEY in ckpt:
+        from .detector import evaluate_detector
+
+        if input_size is None:
+            stored = ((ckpt.get("config") or {}).get("data") or {}).get("image_size")
+            input_size = tuple(stored) if stored else (256, 256)
+        model = hcq.load_checkpoint(ckpt_path)
+        metrics = evaluate_detector(model, data_dir / GT_ANNOTATIONS, data_dir, input_size=tuple(input_size),
+                                    verbose=verbose)
+        return {"model": "HCQNet", **metrics}
+    raise ValueError(f"{ckpt_path}: neither a PersonNet ({person_net.CHECKPOINT_CONFIG_KEY!r}) nor an HCQNet "
+                     f"({hcq.CHECKPOINT_CONFIG_KEY!r}) checkpoint")
+
+
 def run(args: argparse.Namespace) -> int:
+    model, data = getattr(args, "model", None), getattr(args, "data", None)
     try:
-        metrics = _jsonable(evaluate_paths(args.gt, args.pred, verbose=getattr(args, "verbose", False)))
+        if model is not None or data is not None:
+            if model is None or data is None or args.gt is not None or args.pred:
+                raise ValueError("use either --model CKPT --data DIR, or --gt DIR --pred PATH")
+            metrics = _jsonable(evaluate_checkpoint(model, data, getattr(args, "input_size", None),
+                                                    getattr(args, "frame_step", 5), getattr(args, "verbose", False)))
+        elif args.gt is None:
+            raise ValueError("--gt DIR is required (or --model CKPT --data DIR)")
+        else:
+            metrics = _jsonable(evaluate_paths(args.gt, args.pred, verbose=getattr(args, "verbose", False)))
     except (FileNotFoundError, ValueError) as e:
         print(f"hcq-ros eval: error: {e}", file=sys.stderr)
         return 2

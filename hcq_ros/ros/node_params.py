@@ -113,7 +113,7 @@ PARAMS: tuple[ParamSpec, ...] = (
         ("match_cost", "float", 0.01, 2.0, "Largest association cost of a match"),
         ("min_iou", "float", 0.0, 1.0, "Smallest IoU of a first-stage match"),
         ("iou_weight", "float", 0.0, 1.0, "Weight of 1 - IoU against the appearance distance in the cost"),
-        ("appearance_gate", "float", 0.0, 2.0, "Largest appearance distance of any match"),
+        ("appearance_gate", "float", 0.0, 2.0, "Largest appearance distance of a first-stage match of a confirmed or lost track"),
         ("low_score_min_iou", "float", 0.0, 1.0, "Smallest IoU of a low-score (second-stage) match"),
         ("feature_momentum", "float", 0.0, 1.0, "EMA momentum of a track's appearance feature"),
         ("reid_distance", "float", 0.01, 2.0, "Largest appearance distance to re-identify a lost track"),

@@ -52,7 +52,10 @@ def build_task(config: dict, out: Path):
     if kind == "hcq":
         from hcq_ros.train.hcq_task import HCQTask
         return HCQTask(config, out)
-    raise ValueError(f"model.kind must be 'hcq', got {kind!r}")
+    if kind == "person":
+        from hcq_ros.train.person_task import PersonTask
+        return PersonTask(config, out)
+    raise ValueError(f"model.kind must be 'hcq' or 'person', got {kind!r}")
 
 
 def run(args) -> int:

@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Tracker ablation on simulated detections: IoU only vs + ReID association vs + lost-track re-identification.
 
-    python scripts/tracking_ablation.py                       # writes docs/tracking_ablation.md
-    python scripts/tracking_ablation.py --fps 25 --sequences 2 --frames 60 --out /tmp/ablation.md
+    python -m hcq_ros.tracking.ablation                       # writes docs/tracking_ablation.md
+    python -m hcq_ros.tracking.ablation --fps 25 --sequences 2 --frames 60 --out /tmp/ablation.md
 
 All logic lives in ``hcq_ros.tracking.simulate``; this only parses arguments and writes the report.
 """
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         raw[f"{fps:g}fps"] = rows
         for r in rows:
             print(f"  {r['variant']:32s} IDF1 {r['IDF1']:.3f}  MOTA {r['MOTA']:.3f}  IDs {r['IDs']}")
-    command = "python scripts/tracking_ablation.py " + " ".join(shlex.quote(a) for a in (
+    command = "python -m hcq_ros.tracking.ablation " + " ".join(shlex.quote(a) for a in (
         sys.argv[1:] if argv is None else argv))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(ablation_report(sections, command.strip(), args.seed, tracker))
