@@ -75,7 +75,7 @@ def run(args) -> int:
         trainer.export_weights(args.export)
     if trainer.main:
         print(f"checkpoint: {trainer.last_path}")
-        for k in ("bbox_AP", "segm_AP", "keypoints_AP", "keypoints_AP_nosmall"):
+        for k in trainer.task.HEADLINE_METRICS:
             if isinstance(metrics.get(k), float):
                 print(f"  {k:22s} {metrics[k]:.4f}")
     return 0

@@ -8,21 +8,25 @@ from pathlib import Path
 import numpy as np
 
 
-def read_log(run_dir: str | Path) -> dict[str, np.ndarray]:
-    """log.csv -> {column: float array}; resumed runs may have repeated header lines, which are skipped."""
-    path = Path(run_dir) / "log.csv"
-    if not path.exists():
-        return {}
-    cols: dict[str, list[float]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("iteration") == "iteration":
+def read_log(run_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """log.jsonl (else log.csv) -> {column: (iterations, values)}; a term missing from some rows (multi-source
+    training) keeps its own iterations."""
+    run_dir = Path(run_dir)
+    rows: list[dict] = []
+    if (run_dir / "log.jsonl").exists():
+        rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    elif (run_dir / "log.csv").exists():
+        with open(run_dir / "log.csv", newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("iteration") != "iteration"]
+    cols: dict[str, tuple[list[float], list[float]]] = {}
+    for row in rows:
+        for k, v in row.items():
+            if k is None or k == "iteration" or v in (None, ""):
                 continue
-            for k, v in row.items():
-                if k is None or v in (None, ""):
-                    continue
-                cols.setdefault(k, []).append(float(v))
-    return {k: np.asarray(v) for k, v in cols.items()}
+            its, vals = cols.setdefault(k, ([], []))
+            its.append(float(row["iteration"]))
+            vals.append(float(v))
+    return {k: (np.asarray(i), np.asarray(v)) for k, (i, v) in cols.items()}
 
 
 def read_evals(run_dir: str | Path) -> list[dict]:
@@ -51,9 +55,9 @@ def plot_training_curves(run_dir: str | Path, out: str | Path | None = None,
         return None
     out = Path(out) if out else Path(run_dir) / "curve.png"
     fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 4))
-    it = log["iteration"]
     for key in sorted(k for k in log if k.startswith("loss")):
-        y = smooth(log[key])
+        it, values = log[key]
+        y = smooth(values)
         ax_loss.plot(it[len(it) - len(y):], y, label=key)
     ax_loss.set_yscale("symlog")
     ax_loss.set_xlabel("iteration")

@@ -50,6 +50,8 @@ def write_synth_validation(out: Path, images: int, seed: int, size, scene: dict 
 
 
 class HCQTask:
+    HEADLINE_METRICS = ("bbox_AP", "segm_AP", "keypoints_AP", "keypoints_AP_nosmall")
+
     def __init__(self, config: dict, out_dir: str | Path):
         self.config, self.out = config, Path(out_dir)
         self.model_cfg = hcq_config_from(config["model"])

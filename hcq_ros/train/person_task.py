@@ -181,6 +181,7 @@ def build_sources(data: dict, crop_size: tuple[int, int], seed: int) -> tuple[li
 
 class PersonTask:
     """The Trainer task (see ``hcq_ros.train.trainer``) for PersonNet; the YAML layout is in the module doc."""
+    HEADLINE_METRICS = ("reid_mAP", "reid_rank1", "attr_acc", "parts_mIoU", "pose_PCK")
 
     def __init__(self, config: dict, out_dir: str | Path):
         self.config, self.out = config, Path(out_dir)

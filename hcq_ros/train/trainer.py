@@ -7,6 +7,7 @@ A *task* object supplies the model-specific parts (see ``hcq_ros.train.hcq_task.
     task.batches(rank, world_size, start_iteration) -> iterator of batches (endless)
     task.loss(model, criterion, batch) -> dict of scalar tensors with "loss"
     task.evaluate(model) -> dict of metrics      task.checkpoint_extra() -> dict stored in every checkpoint
+    task.HEADLINE_METRICS: the metric keys plotted and printed
 """
 from __future__ import annotations
 
@@ -153,11 +154,19 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------- logging
     def _log_row(self, row: dict) -> None:
+        """log.jsonl keeps every row whole; log.csv keeps the columns of its first row (terms that appear only
+        later, e.g. in multi-source training, are in the jsonl)."""
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
         path = self.out / "log.csv"
-        new = not path.exists()
+        if path.exists():
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), None)
+        else:
+            header = None
         with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
+            w = csv.DictWriter(f, fieldnames=header or list(row), extrasaction="ignore", restval="")
+            if header is None:
                 w.writeheader()
             w.writerow(row)
 
@@ -168,7 +177,7 @@ class Trainer:
     def plot(self) -> Path | None:
         """PNG of the loss terms (smoothed) and the eval metrics over iterations."""
         from hcq_ros.train.curves import plot_training_curves
-        return plot_training_curves(self.out)
+        return plot_training_curves(self.out, metrics=self.task.HEADLINE_METRICS)
 
     # ---------------------------------------------------------------------------------------- loop
     def fit(self, progress: bool = True, init: Path | None = None) -> dict:
@@ -185,6 +194,7 @@ class Trainer:
                    dynamic_ncols=True)
         self.model.train()
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}    # per term: multi-source batches do not all carry every loss
         n, t_last = 0, time.perf_counter()
         metrics: dict = {}
         while self.iteration < self.s.iterations:
@@ -206,16 +216,18 @@ class Trainer:
             for k, v in losses.items():
                 if "_aux" not in k:
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
+                    counts[k] = counts.get(k, 0) + 1
             n += 1
             bar.update(1)
             if self.iteration % self.s.log_every == 0 or self.iteration == self.s.iterations:
                 now = time.perf_counter()
                 row = {"iteration": self.iteration, "lr": self.optimizer.param_groups[0]["lr"],
-                       "s_per_it": round((now - t_last) / n, 4), **{k: round(v / n, 5) for k, v in sums.items()}}
+                       "s_per_it": round((now - t_last) / n, 4),
+                       **{k: round(v / counts[k], 5) for k, v in sums.items()}}
                 if self.main:
                     self._log_row(row)
-                bar.set_postfix({k.replace("loss_", ""): f"{v / n:.3f}" for k, v in sums.items()})
-                sums, n, t_last = {}, 0, now
+                bar.set_postfix({k.replace("loss_", ""): f"{v / counts[k]:.3f}" for k, v in sums.items()})
+                sums, counts, n, t_last = {}, {}, 0, now
             if self.iteration % self.s.checkpoint_every == 0:
                 self.save()
             if self.s.eval_every and self.iteration % self.s.eval_every == 0 and self.main:
