@@ -14,6 +14,11 @@ COMMANDS = {
     "synth": ("hcq_ros.data.synth.cli", "generate a SynthHumans dataset (images or sequences)"),
     "eval": ("hcq_ros.evaluation.cli", "score predictions (or a model) against ground truth"),
     "train": ("hcq_ros.train.cli", "train HCQNet or PersonNet from a YAML config (resumable, DDP)"),
+    "export": ("hcq_ros.runtime.export_cli", "export a checkpoint to ONNX for onnxruntime / TensorRT (+ metadata)"),
+    "build-engine": ("hcq_ros.runtime.build_engine_cli", "build or find the cached TensorRT engine of a .trt.onnx"),
+    "doctor": ("hcq_ros.runtime.doctor", "what this machine can run: backends, GPU, TensorRT plugin, ROS"),
+    "run": ("hcq_ros.run_cli", "video / image folder / camera / bag -> tracked people (MCAP + video)"),
+    "replay": ("hcq_ros.ros.replay_cli", "rosbag2 in -> rosbag2 out with the perception topics"),
 }
 
 

@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -97,26 +97,53 @@ class Perceptor:
                                           mask_threshold=config.mask_threshold)
         self.tracker = Tracker(TrackerConfig.from_dict(config.tracker))
         self.crop_size = self._crop_size()
+        self._check_detector_size()
 
     def _open(self, role: str, path: str):
         from hcq_ros.runtime.backend import open_backend
 
+        # Each backend names its options differently; ``auto`` drops the ones the chosen kind does not take,
+        # a named kind gets only its own (an unknown keyword would be a TypeError there).
         options = {}
+        kind = self.config.backend
         if self.config.threads:
-            options["intra_op_threads"] = self.config.threads
-        if self.config.engine_cache_dir:
+            if kind in ("auto", "onnxruntime"):
+                options["intra_op_threads"] = self.config.threads
+            if kind in ("auto", "torch"):
+                options["threads"] = self.config.threads
+        if self.config.engine_cache_dir and kind in ("auto", "tensorrt"):
             options["cache_dir"] = self.config.engine_cache_dir
-        backend, reason = open_backend(self.config.backend, path, **options)
+        backend, reason = open_backend(kind, path, **options)
         self.reasons[role] = reason
         log.info("%s backend: %s", role, reason)
         return backend
 
     def _crop_size(self) -> tuple[int, int]:
-        """(W, H) PersonNet expects, from the backend's input shape."""
+        """(W, H) PersonNet expects: the backend's static input shape (exports), else the export metadata's
+        input_size, else the PyTorch model's deployed ``crop_size`` (the torch backend has dynamic H, W)."""
         if self.person_net is None:
             return (64, 128)
-        shape = self.person_net.input_shapes["crops"]
-        return int(shape[3]), int(shape[2])
+        shape = self.person_net.input_shapes.get("crops") or ()
+        if len(shape) == 4 and shape[2] is not None and shape[3] is not None:
+            return int(shape[3]), int(shape[2])
+        size = (getattr(self.person_net, "metadata", None) or {}).get("input_size")
+        if size:
+            return int(size[0]), int(size[1])
+        model = getattr(getattr(self.person_net, "module", None), "model", None)
+        crop_hw = getattr(getattr(model, "config", None), "crop_size", None)
+        if crop_hw:
+            return int(crop_hw[1]), int(crop_hw[0])
+        raise ValueError(f"cannot tell the PersonNet crop size from {self.person_net!r}: dynamic input shape "
+                         f"{shape} and no input_size in its metadata")
+
+    def _check_detector_size(self) -> None:
+        """An export with a static input size must match ``input_size``: otherwise every frame would fail."""
+        shape = tuple(self.detector.input_shapes.get("images") or ())
+        if len(shape) == 4 and shape[2] is not None and shape[3] is not None:
+            if (int(shape[3]), int(shape[2])) != tuple(self.config.input_size):
+                raise ValueError(f"detector {self.detector!r} takes {shape[3]}x{shape[2]} images but input_size is "
+                                 f"{self.config.input_size[0]}x{self.config.input_size[1]}: set input_size to the "
+                                 f"exported size (or export at {self.config.input_size})")
 
     def set_runtime_options(self, **options) -> None:
         """Change thresholds / enabled tasks while running; other settings raise ValueError (need a restart)."""

@@ -17,3 +17,7 @@ except ImportError:  # pragma: no cover
     cv2 = None
 else:
     cv2.setNumThreads(1)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long soak/load runs (set HCQ_RUN_SLOW=1 to run them)")

@@ -1,5 +1,8 @@
 """``hcq-ros eval --gt DIR --pred PATH [--pred PATH ...] [--json OUT]``: score prediction files;
-``hcq-ros eval --model CKPT --data DIR [--json OUT]``: run a checkpoint on a SynthHumans folder and score it.
+``hcq-ros eval --model CKPT --data DIR [--json OUT]``: run a checkpoint on a SynthHumans folder and score it;
+``hcq-ros eval --pipeline --data SEQDIR [--backend ...] [--tracker-ablation] [--json OUT]``: run the whole Perceptor
+over the sequences of a ``hcq-ros synth --sequences K`` folder and score tracking, detection/pose AP, attributes and
+parts (``pipeline_eval``).
 
 A checkpoint says which network it holds: a PersonNet (``person_config``) is scored by
 ``person_eval.evaluate_person_net`` (ReID, attributes, parts, crop pose on the folder's sequence frames), an HCQNet
@@ -50,6 +53,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, metavar="OUT", help="write all metrics to this JSON file")
     parser.add_argument("--verbose", action="store_true",
                         help="print pycocotools' summaries and every scalar metric")
+    group = parser.add_argument_group("--pipeline: the full Perceptor on --data SEQDIR (--input-size = detector size)")
+    group.add_argument("--pipeline", action="store_true", help="evaluate the whole pipeline on --data's sequences")
+    group.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"])
+    group.add_argument("--detector", default="engines/hcq_small.onnx", metavar="MODEL",
+                       help="HCQNet model, any file of its family (default engines/hcq_small.onnx)")
+    group.add_argument("--person", default="engines/person_small.onnx", metavar="MODEL",
+                       help="PersonNet model (default engines/person_small.onnx)")
+    group.add_argument("--params", type=Path, metavar="YAML", help="PerceptorConfig settings (YAML mapping)")
+    group.add_argument("--score-threshold", type=float, default=None, help="Perceptor score threshold")
+    group.add_argument("--tracker-ablation", action="store_true",
+                       help="also track the cached detections with IoU only / + ReID / + re-identification")
+    group.add_argument("--gt-ids", default="appearance", choices=["appearance", "identity"],
+                       help="MOT ground-truth ids: per appearance (gt.txt, default) or per identity")
+    group.add_argument("--max-frames", type=int, default=None, help="first N frames of each sequence only")
+    group.add_argument("--save-predictions", type=Path, metavar="DIR",
+                       help="where the MOT results / detections.json / parts go (default: beside --json)")
 
 
 def collect_predictions(pred_paths: Sequence[str | Path]) -> dict[str, Path]:
@@ -156,10 +175,54 @@ def evaluate_checkpoint(ckpt_path: str | Path, data_dir: str | Path, input_size:
                      f"({hcq.CHECKPOINT_CONFIG_KEY!r}) checkpoint")
 
 
+def evaluate_pipeline_args(args: argparse.Namespace) -> dict:
+    """Build the Perceptor from the command line and run ``pipeline_eval.evaluate_pipeline``."""
+    import tempfile
+
+    from hcq_ros.pipeline import Perceptor, PerceptorConfig
+
+    from .pipeline_eval import evaluate_pipeline
+
+    settings: dict = {}
+    if args.params is not None:
+        import yaml
+
+        if not args.params.is_file():
+            raise FileNotFoundError(f"--params file not found: {args.params}")
+        settings = yaml.safe_load(args.params.read_text(encoding="utf-8")) or {}
+        if not isinstance(settings, dict):
+            raise ValueError(f"{args.params}: expected a mapping of PerceptorConfig settings")
+    settings.update(backend=args.backend, detector_model=str(args.detector), person_model=str(args.person))
+    if args.input_size is not None:
+        settings["input_size"] = args.input_size
+    if args.score_threshold is not None:
+        settings["score_threshold"] = args.score_threshold
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ValueError(f"--max-frames must be >= 1, got {args.max_frames}")
+    perceptor = Perceptor(PerceptorConfig.from_dict(settings))
+    try:
+        pred_dir = args.save_predictions
+        if pred_dir is None and args.json is not None:
+            pred_dir = args.json.with_name(args.json.stem + "_predictions")
+        with tempfile.TemporaryDirectory(prefix="hcq_pipeline_eval_") as scratch:
+            metrics = evaluate_pipeline(perceptor, args.data, pred_dir or scratch, gt_ids=args.gt_ids,
+                                        ablation=args.tracker_ablation, max_frames=args.max_frames,
+                                        verbose=args.verbose)
+        if pred_dir is None:  # written to a scratch folder that is gone now
+            metrics["pipeline"].pop("predictions", None)
+        return metrics
+    finally:
+        perceptor.close()
+
+
 def run(args: argparse.Namespace) -> int:
     model, data = getattr(args, "model", None), getattr(args, "data", None)
     try:
-        if model is not None or data is not None:
+        if getattr(args, "pipeline", False):
+            if data is None or model is not None or args.gt is not None or args.pred:
+                raise ValueError("--pipeline takes --data SEQDIR (and model options), not --model/--gt/--pred")
+            metrics = _jsonable(evaluate_pipeline_args(args))
+        elif model is not None or data is not None:
             if model is None or data is None or args.gt is not None or args.pred:
                 raise ValueError("use either --model CKPT --data DIR, or --gt DIR --pred PATH")
             metrics = _jsonable(evaluate_checkpoint(model, data, getattr(args, "input_size", None),
@@ -168,10 +231,13 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--gt DIR is required (or --model CKPT --data DIR)")
         else:
             metrics = _jsonable(evaluate_paths(args.gt, args.pred, verbose=getattr(args, "verbose", False)))
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"hcq-ros eval: error: {e}", file=sys.stderr)
         return 2
     print(format_table(metrics, full=getattr(args, "verbose", False)))
+    if metrics.get("tracker_ablation"):
+        from .pipeline_eval import ablation_table
+        print(ablation_table(metrics["tracker_ablation"]))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(metrics, indent=2, allow_nan=False), encoding="utf-8")
