@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from hcq_ros.data.schema import COCO_SKELETON, Sample
+from hcq_ros.evaluation.cli import jsonable
 
 DETECTOR_STEM, PERSON_STEM = "hcq_small", "person_small"
 MODEL_SUFFIXES = (".trt.onnx", ".onnx", ".pt", ".engine", ".plan")
@@ -214,18 +215,6 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and value != value:
-        return None
-    return value
-
-
 def run(args) -> int:
     if args.frames < 1 or args.fps <= 0:
         print(f"hcq-ros demo: error: need --frames >= 1 and --fps > 0, got {args.frames}, {args.fps}", file=sys.stderr)
@@ -249,5 +238,5 @@ def run(args) -> int:
         return 2
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(_jsonable(summary), indent=2))
+        args.json.write_text(json.dumps(jsonable(summary), indent=2))
     return 0

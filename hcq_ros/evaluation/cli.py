@@ -112,12 +112,12 @@ def evaluate_paths(gt_dir: str | Path, pred_paths: Sequence[str | Path], verbose
     return metrics
 
 
-def _jsonable(value):
+def jsonable(value):
     """numpy scalars -> Python; NaN -> None (strict JSON)."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and value != value:
@@ -221,16 +221,16 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, "pipeline", False):
             if data is None or model is not None or args.gt is not None or args.pred:
                 raise ValueError("--pipeline takes --data SEQDIR (and model options), not --model/--gt/--pred")
-            metrics = _jsonable(evaluate_pipeline_args(args))
+            metrics = jsonable(evaluate_pipeline_args(args))
         elif model is not None or data is not None:
             if model is None or data is None or args.gt is not None or args.pred:
                 raise ValueError("use either --model CKPT --data DIR, or --gt DIR --pred PATH")
-            metrics = _jsonable(evaluate_checkpoint(model, data, getattr(args, "input_size", None),
+            metrics = jsonable(evaluate_checkpoint(model, data, getattr(args, "input_size", None),
                                                     getattr(args, "frame_step", 5), getattr(args, "verbose", False)))
         elif args.gt is None:
             raise ValueError("--gt DIR is required (or --model CKPT --data DIR)")
         else:
-            metrics = _jsonable(evaluate_paths(args.gt, args.pred, verbose=getattr(args, "verbose", False)))
+            metrics = jsonable(evaluate_paths(args.gt, args.pred, verbose=getattr(args, "verbose", False)))
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"hcq-ros eval: error: {e}", file=sys.stderr)
         return 2

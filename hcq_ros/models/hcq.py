@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from hcq_ros.models.flops import flops_by_group
 
 from hcq_ros.models.backbone import build_backbone
 from hcq_ros.models.heads import (CANONICAL_POSE_TEMPLATE, MLP, NUM_JOINTS, BoxHead, ClassHead, MaskHead,
@@ -404,11 +404,6 @@ def load_checkpoint(path: str | Path, requested: HCQConfig | None = None,
     return model
 
 
-def _grid_sample_flops(input_shape, grid_shape, *args, out_shape=None, **kwargs) -> int:
-    """Bilinear sampling: 4 multiply-adds per output element (FlopCounterMode has no formula for it)."""
-    return 2 * 4 * math.prod(out_shape)
-
-
 FLOP_GROUPS = ("backbone", "pixel_decoder", "decoder", "class_head", "box_heads", "pose_heads", "mask_head")
 
 
@@ -419,27 +414,6 @@ def flops_by_module(model: HCQNet, image_size: tuple[int, int]) -> dict[str, int
     grid_sample formula for the deformable attention; element-wise ops and norms are not counted. Inference
     mode (no auxiliary heads). Runs with autograd enabled: FlopCounterMode's module tracker needs it.
     """
-    was_training = model.training
-    model.eval()
     param = next(model.parameters())
     images = torch.zeros(1, 3, *image_size, dtype=param.dtype, device=param.device)
-    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.grid_sampler_2d: _grid_sample_flops})
-    try:
-        with counter:
-            model(images)
-    finally:
-        model.train(was_training)
-    counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
-    root = type(model).__name__
-    result = {}
-    for group in FLOP_GROUPS:
-        if getattr(model, group, None) is None:
-            continue
-        # A module's count includes everything run while it was active, so sum only the outermost modules of
-        # the group that ran (the decoder's layers and the per-layer heads are called from HCQNet.forward).
-        prefix = f"{root}.{group}"
-        names = [n for n in counts if n == prefix or n.startswith(prefix + ".")]
-        outermost = [n for n in names if not any(n.startswith(o + ".") for o in names if o != n)]
-        result[group] = int(sum(counts[n] for n in outermost))
-    result["total"] = int(counter.get_total_flops())
-    return result
+    return flops_by_group(model, images, FLOP_GROUPS)

@@ -18,13 +18,12 @@ Variants for the ablation (``PersonNetConfig``; one code path, switches):
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from hcq_ros.models.flops import flops_by_group
 
 from hcq_ros.data.schema import ATTRIBUTE_NAMES, ATTRIBUTES, NUM_KEYPOINTS, NUM_PARTS
 from hcq_ros.models.backbone import LEVELS, NORMS, PROFILES as BACKBONE_PROFILES, build_backbone, group_norm_groups
@@ -295,11 +294,6 @@ def load_checkpoint(path: str | Path, requested: PersonNetConfig | None = None,
     return model
 
 
-def _grid_sample_flops(input_shape, grid_shape, *args, out_shape=None, **kwargs) -> int:
-    """Bilinear sampling (deformable convs): 4 multiply-adds per output element; FlopCounterMode has no formula."""
-    return 2 * 4 * math.prod(out_shape)
-
-
 FLOP_GROUPS = ("backbone", "branches", "reid_head", "attribute_head", "pose_head", "parts_head")
 
 
@@ -312,25 +306,6 @@ def flops(model: PersonNet, crop_size: tuple[int, int] | None = None, batch: int
     (the counter's module tracker needs it) and restores the model's train/eval mode.
     """
     h, w = crop_size if crop_size is not None else model.config.crop_size
-    was_training = model.training
-    model.eval()
     param = next(model.parameters())
     crops = torch.zeros(batch, 3, h, w, dtype=param.dtype, device=param.device)
-    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.grid_sampler_2d: _grid_sample_flops})
-    try:
-        with counter:
-            model(crops)
-    finally:
-        model.train(was_training)
-    counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
-    root = type(model).__name__
-    result = {}
-    for group in FLOP_GROUPS:
-        if getattr(model, group, None) is None:
-            continue
-        prefix = f"{root}.{group}"
-        names = [n for n in counts if n == prefix or n.startswith(prefix + ".")]
-        outermost = [n for n in names if not any(n.startswith(o + ".") for o in names if o != n)]
-        result[group] = int(sum(counts[n] for n in outermost))
-    result["total"] = int(counter.get_total_flops())
-    return result
+    return flops_by_group(model, crops, FLOP_GROUPS)
