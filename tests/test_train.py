@@ -95,3 +95,17 @@ def test_torchrun_ddp_two_cpu_processes(tmp_path):
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert torch.load(out / "last.pt", weights_only=False)["iteration"] == 2
+
+
+def test_snapshot_drops_optimizer_and_loads(tmp_path):
+    from hcq_ros.models.hcq import load_checkpoint
+    from hcq_ros.train.snapshot import snapshot
+
+    cfg = _write_config(tmp_path)
+    out = tmp_path / "run"
+    assert _train(cfg, out, "--iterations", "1", "--set", "train.eval_every=0") == 0
+    slim = snapshot(out / "last.pt", tmp_path / "engines" / "x.pt")
+    assert "optimizer" not in slim and slim["iteration"] == 1
+    assert load_checkpoint(tmp_path / "engines" / "x.pt").config.num_queries == 6
+    with pytest.raises(FileNotFoundError, match="no_such"):
+        snapshot(tmp_path / "no_such.pt", tmp_path / "y.pt")
