@@ -19,6 +19,7 @@ COMMANDS = {
     "doctor": ("hcq_ros.runtime.doctor", "what this machine can run: backends, GPU, TensorRT plugin, ROS"),
     "run": ("hcq_ros.run_cli", "video / image folder / camera / bag -> tracked people (MCAP + video)"),
     "replay": ("hcq_ros.ros.replay_cli", "rosbag2 in -> rosbag2 out with the perception topics"),
+    "bench": ("hcq_ros.bench_cli", "per-stage latency, FPS and memory of the pipeline per backend/threads/size/people"),
 }
 
 

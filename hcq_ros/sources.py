@@ -15,6 +15,8 @@ header stamp is 0, which many simple publishers leave unset).
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +55,7 @@ class SourceFrame:
     index: int = 0
 
 
-class FrameSource:
+class FrameSource(ABC):
     """Base: ``frames()`` iterates SourceFrames; ``describe`` / ``total`` (None if unknown) / ``fps`` (None if
     unknown) / ``live`` (frames arrive in real time) / ``input_topic`` + ``input_type`` (how the input images are
     recorded in an output bag)."""
@@ -65,8 +67,9 @@ class FrameSource:
     input_topic = "/camera/image_raw"
     input_type = "sensor_msgs/msg/Image"
 
+    @abstractmethod
     def frames(self) -> Iterator[SourceFrame]:
-        raise NotImplementedError
+        """The frames, in order; a frame that cannot be read is a SourceFrame with ``error`` set."""
 
 
 def _period_ns(fps: float) -> int:

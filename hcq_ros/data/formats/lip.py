@@ -58,7 +58,7 @@ LIP_PARTS = (
 )
 _P = PART_NAMES.index
 _L = LIP_PARTS.index
-_AMBIGUOUS = 255  # placeholder for glove/socks until their side is decided
+_AMBIGUOUS = 255  # marks glove/socks pixels until their side is decided
 _LIP_TO_OURS = {
     "Background": "background", "Hat": "hat", "Hair": "hair", "Sunglasses": "face", "Face": "face",
     "UpperClothes": "upper_clothes", "Dress": "upper_clothes", "Coat": "upper_clothes", "Scarf": "upper_clothes",
