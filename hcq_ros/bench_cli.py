@@ -125,6 +125,10 @@ def _cell(summary) -> str:
     return "—" if summary is None else f"{summary['median']:.1f} / {summary['p90']:.1f}"
 
 
+def _threads(n: int) -> str:
+    return f"{n} thread" + ("" if n == 1 else "s")
+
+
 def markdown(report: dict) -> str:
     """The report as markdown: command and machine line above the tables."""
     from hcq_ros.evaluation.bench import STAGES
@@ -132,8 +136,8 @@ def markdown(report: dict) -> str:
     det, person = report["detector"], report["person"]
     lines = ["# Pipeline benchmark", "", f"Command: `{report['command']}`", "",
              f"Machine: {report['machine_line']}", "",
-             f"Models: detector `{det['file']}` (weights: {det['weights']}), PersonNet `{person['file']}` "
-             f"(weights: {person['weights']}).", "", f"People: {report['mode_text']}.", "",
+             f"Models: detector `{det['file']}` - weights {det['weights']}; PersonNet `{person['file']}` - "
+             f"weights {person['weights']}.", "", f"People: {report['mode_text']}.", "",
              "Model files: " + "; ".join(report["sources"]) + ".", "",
              "Per stage median / p90 in ms over the timed frames; — = the stage never ran (no person). "
              "`gt` = annotated people per frame, `detected` = persons the pipeline output (mean, min–max). "
@@ -147,10 +151,12 @@ def markdown(report: dict) -> str:
                      + " | ".join(_cell(r["stages_ms"][s]) for s in STAGES)
                      + f" | {_cell(r['total_ms'])} | {r['fps']:.1f} | {r['peak_rss_mib']:.0f} |")
     scopes = sorted({r["peak_rss_scope"] for r in report["results"]})
-    lines += ["", f"Peak RSS: {', '.join(scopes)}.", "", "## Targets (reported, not enforced)", ""]
+    torch_threads = sorted({r["torch_threads"] for r in report["results"]})
+    lines += ["", f"Peak RSS: {', '.join(scopes)}. torch intra-op threads (the postprocess runs in torch whatever "
+              f"the backend): {', '.join(map(str, torch_threads))}.", "", "## Targets (reported, not enforced)", ""]
     checks, targets = report["checks"], report["checks"]["targets"]
     ref = targets["fps_case"]
-    where = f"{ref['backend']}, {ref['threads']} threads, {ref['size']} px, {ref['people']} people"
+    where = f"{ref['backend']}, {_threads(ref['threads'])}, {ref['size']} px, {ref['people']} people"
     if checks["fps"] is None:
         lines.append(f"- FPS >= {targets['fps_min']:g} (goal {targets['fps_goal']:g}) at {where}: case not measured.")
     else:
@@ -158,9 +164,12 @@ def markdown(report: dict) -> str:
         verdict = "meets the goal" if f["meets_goal"] else ("meets the minimum" if f["meets_min"] else "MISSES")
         lines.append(f"- FPS >= {targets['fps_min']:g} (goal {targets['fps_goal']:g}) at {where}: "
                      f"{f['fps']:.1f} FPS, {verdict}.")
+    if not checks["per_person"]:
+        lines.append("- Each extra person: not measurable from these cases (needs a 0-people case and detected "
+                     "counts that vary; --force-people provides both).")
     for p in checks["per_person"]:
         lines.append(f"- Each extra person <= {100 * targets['per_person_max_fraction']:.0f}% of the 0-person frame "
-                     f"({p['backend']}, {p['threads']} threads, {p['size']} px): {p['ms_per_person']:.2f} ms per "
+                     f"({p['backend']}, {_threads(p['threads'])}, {p['size']} px): {p['ms_per_person']:.2f} ms per "
                      f"person = {100 * p['fraction_of_empty_frame']:.1f}% "
                      f"({'within' if p['within_target'] else 'OVER'} target).")
     if report.get("unified_vs_separate"):
@@ -201,11 +210,12 @@ def plot(report: dict, path: Path) -> None:
                        key=lambda r: r["size"])
         right.plot([r["size"] for r in group], [r["fps"] for r in group], marker="o",
                    label=f"{key[0]} t{key[1]} {key[2]} people")
-    right.set(xlabel="detector input size (px)", ylabel="FPS", title="FPS vs size")
+    right.set(xlabel="detector input size (px)", ylabel="FPS", title="FPS vs size",
+              xticks=sorted({r["size"] for r in results}))
     for axis in (left, right):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    fig.suptitle(f"{report['mode']} people; {report['machine_line']}", fontsize=8)
+    fig.suptitle(f"people: {report['mode']}; {report['machine_line']}", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -26,7 +26,6 @@ import os
 import platform
 import resource
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -120,7 +119,7 @@ def model_description(path: str | Path) -> dict:
         meta = read_export_metadata(onnx_path)
         config, iteration = meta.get("config"), meta.get("source_iteration")
     weights = (f"trained, iteration {int(iteration)}" if iteration else
-               "random/untrained (no training iteration recorded)")
+               "random/untrained: no training iteration recorded")
     return {"file": str(path), "config": config, "weights": weights}
 
 
@@ -138,22 +137,28 @@ def _onnx_input_size(onnx_path: Path) -> Optional[tuple[int, int]]:
     return (w, h) if w and h else None
 
 
-def _cached_export(checkpoint: Path, cache_dir: Path, name: str, size: Optional[tuple[int, int]]) -> tuple[Path, str]:
-    """``cache_dir/name.onnx`` exported from ``checkpoint`` (re-exported when the checkpoint changed)."""
+def _cached_export(checkpoint: Path, cache_dir: Path, name: str, size: Optional[tuple[int, int]],
+                   dry_run: bool = False) -> tuple[Path, str]:
+    """``cache_dir/name.onnx`` exported from ``checkpoint`` (re-exported when the checkpoint changed; dry_run:
+    only say that it would be)."""
     from hcq_ros.runtime.export import export_model, read_export_metadata, sha256_file
 
     target = cache_dir / f"{name}.onnx"
     if target.is_file() and read_export_metadata(target).get("source_sha256") == sha256_file(checkpoint):
         return target, f"cached export {target} of {checkpoint}"
+    if dry_run:
+        return target, f"to be exported from {checkpoint}"
     cache_dir.mkdir(parents=True, exist_ok=True)
     export_model(checkpoint, "onnxruntime", cache_dir, input_size=size, name=name)
     at = f" at {size[0]}x{size[1]}" if size else ""
     return target, f"exported {checkpoint}{at} on the fly -> {target}"
 
 
-def detector_file(model: str | Path, backend: str, size: int, cache_dir: Path) -> tuple[Path, str]:
+def detector_file(model: str | Path, backend: str, size: int, cache_dir: Path,
+                  dry_run: bool = False) -> tuple[Path, str]:
     """(file ``backend`` runs at ``size`` x ``size``, where it came from). torch: the ``.pt``; onnxruntime: the
-    sibling ``.onnx`` if exported at that size, else a (cached) export of the ``.pt``."""
+    sibling ``.onnx`` if exported at that size, else a (cached) export of the ``.pt``. Nothing it cannot find
+    or make -> FileNotFoundError; dry_run: check only, export nothing."""
     from hcq_ros.runtime.backend import resolve_model_file
     from hcq_ros.runtime.export import check_input_size
 
@@ -170,10 +175,10 @@ def detector_file(model: str | Path, backend: str, size: int, cache_dir: Path) -
                                                                     else "does not exist")
         raise FileNotFoundError(f"no detector export at {size}x{size}: {onnx_path} {found} and there is no "
                                 f"checkpoint {checkpoint} to export one from")
-    return _cached_export(checkpoint, cache_dir, f"{checkpoint.stem}_{size}x{size}", (size, size))
+    return _cached_export(checkpoint, cache_dir, f"{checkpoint.stem}_{size}x{size}", (size, size), dry_run)
 
 
-def person_file(model: str | Path, backend: str, cache_dir: Path) -> tuple[Path, str]:
+def person_file(model: str | Path, backend: str, cache_dir: Path, dry_run: bool = False) -> tuple[Path, str]:
     """(PersonNet file ``backend`` runs, where it came from); a missing ``.onnx`` is exported from the ``.pt``."""
     from hcq_ros.runtime.backend import resolve_model_file
 
@@ -185,7 +190,7 @@ def person_file(model: str | Path, backend: str, cache_dir: Path) -> tuple[Path,
         return onnx_path, f"given export {onnx_path}"
     if not checkpoint.is_file():
         raise FileNotFoundError(f"PersonNet model not found: neither {onnx_path} nor {checkpoint}")
-    return _cached_export(checkpoint, cache_dir, checkpoint.stem, None)
+    return _cached_export(checkpoint, cache_dir, checkpoint.stem, None, dry_run)
 
 
 # ------------------------------------------------------------------------------------------- frames
@@ -285,6 +290,10 @@ def run_cases(detector: str | Path, person: str | Path, backends: list[str], thr
     check_settings(backends, threads, sizes, people, frames, warmup, image_size)
     detector, person = model_family(detector, "detector"), model_family(person, "PersonNet")
     cache_dir = Path(cache_dir)
+    for backend in backends:   # every file found or exportable before the first (slow) export
+        person_file(person, backend, cache_dir, dry_run=True)
+        for size in sizes:
+            detector_file(detector, backend, size, cache_dir, dry_run=True)
     factory = MessageFactory.rosbags()
     scenes = {n: frames_with_people(n, pool, image_size[0], image_size[1], seed) for n in people}
     results, sources = [], []
@@ -312,6 +321,7 @@ def run_cases(detector: str | Path, person: str | Path, backends: list[str], thr
                                 "backend": backend, "threads": n_threads, "size": size, "people": n,
                                 "mode": "forced" if force_people else "detector",
                                 "ground_truth_people": round(float(np.mean(scenes[n][1])), 2), **timing,
+                                "torch_threads": torch.get_num_threads(),   # postprocess runs in torch
                                 "peak_rss_mib": round(peak_rss_bytes() / 2 ** 20, 1),
                                 "peak_rss_scope": "this case" if scoped else "process peak so far",
                                 "frames": frames, "warmup": warmup})
