@@ -8,9 +8,6 @@ argmax equal, part-label agreement > 0.99. TensorRT (fp32, TF32 off) gets 10x th
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,28 +25,14 @@ from hcq_ros.runtime.export import export_model, read_export_metadata
 from hcq_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from hcq_ros.runtime.tensorrt_build import calibration_batches
 
+from helpers import once_per_session  # noqa: E402  (tests/ is on sys.path under pytest)
+
 HCQ_TINY = dict(d_model=32, mask_dim=32, enc_layers=1, dec_layers=2, num_queries=10, ffn_dim=64, mask_points=256)
 PERSON_TINY = dict(pose_dim=16, fpn_dim=16, seg_dim=16, embedding_dim=32, crop_size=(64, 32))
 ENGINES = Path(__file__).resolve().parents[1] / "engines"
 RAW_ATOL = {"pred_masks": 1e-3, "part_logits": 1e-3}
 DEFAULT_ATOL = 1e-4
 ORT = {"intra_op_threads": 1}
-
-
-@contextlib.contextmanager
-def once_per_session(tmp_path_factory, name: str):
-    """(folder, ready): a folder shared by every xdist worker of this test session, held under a file lock, so
-    that the first worker builds the expensive exports and the others reuse them (module fixtures would
-    otherwise run once per worker). ready: an earlier worker finished building."""
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent   # the session's folder, above the per-worker ones
-    folder = base / name
-    folder.mkdir(exist_ok=True)
-    with open(folder / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield folder, (folder / ".done").exists()
-        (folder / ".done").touch()
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,8 @@ no GridSample left), and the metadata sidecar / ONNX metadata_props. The onnxrun
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import math
-import os
 
 import onnx
 import pytest
@@ -24,25 +21,11 @@ from hcq_ros.runtime import export_cli
 from hcq_ros.runtime.export import (METADATA_KEY, check_input_size, export_model, load_model_checkpoint,
                                     read_export_metadata, sha256_file, sidecar_path)
 
+from helpers import once_per_session  # noqa: E402  (tests/ is on sys.path under pytest)
+
 HCQ_TINY = dict(d_model=32, mask_dim=32, enc_layers=1, dec_layers=2, num_queries=8, ffn_dim=64, mask_points=256)
 PERSON_TINY = dict(pose_dim=16, fpn_dim=16, seg_dim=16, embedding_dim=32, crop_size=(64, 32))
 SIZE = (64, 64)   # (W, H) of the tiny detector export
-
-
-@contextlib.contextmanager
-def once_per_session(tmp_path_factory, name: str):
-    """(folder, ready): a folder shared by every xdist worker of this test session, held under a file lock, so
-    that the first worker builds the expensive exports and the others reuse them (module fixtures would
-    otherwise run once per worker). ready: an earlier worker finished building."""
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent   # the session's folder, above the per-worker ones
-    folder = base / name
-    folder.mkdir(exist_ok=True)
-    with open(folder / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield folder, (folder / ".done").exists()
-        (folder / ".done").touch()
 
 
 def save_tiny_checkpoints(root) -> None:
