@@ -219,3 +219,43 @@ def test_postprocess_keeps_top_people_sorted():
     result = HCQPostProcess(score_threshold=0.1, max_people=2)(outputs, [(64, 64)])[0]
     expected = torch.sigmoid(torch.tensor([3.0, 2.0]))
     torch.testing.assert_close(result["scores"], expected)
+
+
+@pytest.mark.parametrize("query_levels", [1, 2, 3])
+def test_pixel_decoder_query_levels(query_levels):
+    """Only the coarsest ``query_levels`` levels are encoded; finer levels are their projection plus the next
+    coarser memory level upsampled (FPN top-down), and every level's input still reaches the memory."""
+    import torch.nn.functional as F
+
+    from hcq_ros.models.pixel_decoder import MSDeformPixelDecoder
+
+    torch.manual_seed(0)
+    channels = {"res2": 8, "res3": 16, "res4": 24, "res5": 32}
+    decoder = MSDeformPixelDecoder(channels, 32, 16, 1, 4, 2, 64, query_levels=query_levels).eval()
+    feats = {k: torch.randn(2, c, 64 // s, 64 // s, requires_grad=True)
+             for (k, c), s in zip(channels.items(), (4, 8, 16, 32))}
+    out = decoder(feats)
+    shapes, starts = out["level_shapes"], out["level_starts"]
+    assert shapes == [(8, 8), (4, 4), (2, 2)] and out["memory"].shape == (2, 84, 32)
+    assert out["mask_features"].shape == (2, 16, 16, 16)
+    memory = out["memory"]
+    for lvl in range(3 - query_levels):           # not encoded: projection + upsampled coarser memory
+        (h, w), (hc, wc) = shapes[lvl], shapes[lvl + 1]
+        proj = decoder.input_proj[lvl](feats[("res3", "res4", "res5")[lvl]]).flatten(2).transpose(1, 2)
+        coarser = memory[:, starts[lvl + 1]:starts[lvl + 1] + hc * wc].transpose(1, 2).reshape(2, 32, hc, wc)
+        up = F.interpolate(coarser, size=(h, w), mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
+        assert torch.allclose(memory[:, starts[lvl]:starts[lvl] + h * w], proj + up, atol=1e-5)
+    encoded = memory[:, starts[3 - query_levels]:]
+    assert torch.allclose(encoded.mean(-1), torch.zeros(()), atol=1e-4)   # post-norm (LayerNorm) tokens
+    (encoded * torch.randn_like(encoded)).sum().backward()   # the encoded tokens sample every level
+    for name in ("res3", "res4", "res5"):
+        assert feats[name].grad is not None and feats[name].grad.abs().sum() > 0, name
+
+
+def test_pixel_decoder_rejects_bad_query_levels():
+    from hcq_ros.models.pixel_decoder import MSDeformPixelDecoder
+
+    with pytest.raises(ValueError, match="query_levels"):
+        MSDeformPixelDecoder({"res2": 8, "res3": 8, "res4": 8, "res5": 8}, 32, 16, 1, 4, 2, 64, query_levels=4)
+    with pytest.raises(ValueError, match="enc_query_levels"):
+        HCQConfig.preset("hcqnet", "small", enc_query_levels=0).validate()

@@ -42,7 +42,8 @@ class HCQConfig:
     """Everything that defines an HCQNet and its training losses. Build one with ``HCQConfig.preset``.
 
     Architecture: profile ("small" | "base" backbone), backbone_norm, d_model, mask_dim, num_queries,
-    enc_layers, dec_layers, n_heads, ffn_dim, dropout, enc_points (per head per level, encoder),
+    enc_layers, enc_query_levels (how many of the coarsest levels are encoder queries; see pixel_decoder),
+    dec_layers, n_heads, ffn_dim, dropout, enc_points (per head per level, encoder),
     dec_offset_points (offset points per head per level, decoder; each head also samples ceil(17 / n_heads)
     joints at every level when keypoints_in_attention is on).
     Ablation switches (see PRESETS): tasks, query_keypoints, keypoints_in_heads, keypoints_in_attention,
@@ -59,6 +60,7 @@ class HCQConfig:
     mask_dim: int = 64
     num_queries: int = 50
     enc_layers: int = 3
+    enc_query_levels: int = 3
     dec_layers: int = 3
     n_heads: int = 4
     ffn_dim: int = 256
@@ -108,6 +110,8 @@ class HCQConfig:
                      "enc_points", "dec_offset_points", "mask_points"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"HCQConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 1 <= int(self.enc_query_levels) <= 3:
+            raise ValueError(f"HCQConfig.enc_query_levels must be 1..3 (of res3..res5), got {self.enc_query_levels}")
         if self.d_model % self.n_heads or self.d_model % 4:
             raise ValueError(f"HCQConfig.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}) "
                              "and by 4 (2-D sine position encoding)")
@@ -153,11 +157,13 @@ class HCQConfig:
 # Sizes. small: CPU real time (ResNet-18-like small backbone at 1/4 width, 1 + 3 layers, 4 heads; decoder
 # samples per query and level 4 heads x (4 offsets + 5 joints)). base: ResNet-50, 6 + 6 layers, 8 heads,
 # 3 offsets + 3 joints per head and level (half the points from keypoints, half from offsets, as the paper).
-# small has ONE encoder layer: each layer costs ~0.5 GFLOPs at 320x320 (a third of the 3-layer model), and the
-# 2-core CPU budget of the product (>= 20 FPS for the whole pipeline) cannot carry three.
+# small has ONE encoder layer whose queries are the 1/16 and 1/32 pixels only (enc_query_levels=2, RT-DETR's
+# finding; the 1/8 level gets the FPN top-down path): an all-level layer costs ~0.5 GFLOPs and, measured with
+# onnxruntime on 2 cores at 320x320, ~40% of the detector's time; the product's CPU budget (>= 20 FPS for the
+# whole pipeline) cannot carry it.
 PROFILES: dict[str, dict] = {
-    "small": dict(profile="small", d_model=128, mask_dim=64, num_queries=50, enc_layers=1, dec_layers=3,
-                  n_heads=4, ffn_dim=256, enc_points=4, dec_offset_points=4, mask_points=12544),
+    "small": dict(profile="small", d_model=128, mask_dim=64, num_queries=50, enc_layers=1, enc_query_levels=2,
+                  dec_layers=3, n_heads=4, ffn_dim=256, enc_points=4, dec_offset_points=4, mask_points=12544),
     "base": dict(profile="base", d_model=256, mask_dim=256, num_queries=100, enc_layers=6, dec_layers=6,
                  n_heads=8, ffn_dim=1024, enc_points=4, dec_offset_points=3, mask_points=12544),
 }
@@ -287,7 +293,7 @@ class HCQNet(nn.Module):
         self.config = c = config
         self.backbone = build_backbone(c.profile, norm=c.backbone_norm)
         self.pixel_decoder = MSDeformPixelDecoder(self.backbone.out_channels, c.d_model, c.mask_dim, c.enc_layers,
-                                                  c.n_heads, c.enc_points, c.ffn_dim, c.dropout)
+                                                  c.n_heads, c.enc_points, c.ffn_dim, c.dropout, c.enc_query_levels)
         self.decoder = HCQDecoder(c)
         head_in = c.d_model + (2 * (2 + NUM_JOINTS) if c.keypoints_in_heads else 0)
         self.class_head = ClassHead(head_in)

@@ -139,19 +139,20 @@ def ms_deform_attn_core(value: torch.Tensor, spatial_shapes: SpatialShapes, leve
     _, lq, _, n_levels, n_points, _ = sampling_locations.shape
     grids = 2.0 * sampling_locations - 1.0  # grid_sample wants [-1, 1] with the same edge convention
     starts = level_start_index_from_shapes(shapes)
-    sampled = []
+    # [N, Lq, M, L, P] -> [N*M, 1, Lq, L, P]
+    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, n_levels, n_points)
+    out = None
     for level, ((h, w), start) in enumerate(zip(shapes, starts)):
         # [N, H*W, M, D] -> [N*M, D, H, W]
         value_l = value[:, start:start + h * w].permute(0, 2, 3, 1).reshape(n * m, d, h, w)
         # [N, Lq, M, P, 2] -> [N*M, Lq, P, 2]
         grid_l = grids[:, :, :, level].transpose(1, 2).reshape(n * m, lq, n_points, 2)
-        sampled.append(F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros",
-                                     align_corners=False))  # [N*M, D, Lq, P]
-    # [N*M, D, Lq, L*P] weighted by [N*M, 1, Lq, L*P]
-    stacked = torch.stack(sampled, dim=3).reshape(n * m, d, lq, n_levels * n_points)
-    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, n_levels * n_points)
-    out = (stacked * weights).sum(-1).reshape(n, m * d, lq)
-    return out.transpose(1, 2).contiguous()
+        sampled = F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros",
+                                align_corners=False)  # [N*M, D, Lq, P]
+        # Weighted per level and accumulated: no [N*M, D, Lq, L*P] stack (a large copy on CPU).
+        term = (sampled * weights[..., level, :]).sum(-1)  # [N*M, D, Lq]
+        out = term if out is None else out + term
+    return out.reshape(n, m * d, lq).transpose(1, 2).contiguous()
 
 
 # ------------------------------------------------------------------------ custom op (TensorRT plugin form)
