@@ -241,13 +241,13 @@ class Perceptor:
 
     def _run_person_net(self, image: np.ndarray, boxes: np.ndarray, timings: dict) -> dict:
         from hcq_ros.data.crops import crop_persons
-        from hcq_ros.data.torch_dataset import IMAGE_MEAN, IMAGE_STD
+        from hcq_ros.data.torch_dataset import normalize_images
 
         t = time.perf_counter()
         crops, affines = crop_persons(image, boxes, crop_size=self.crop_size)
-        x = ((crops.astype(np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD).transpose(0, 3, 1, 2)
+        x = normalize_images(crops)
         t = _lap(timings, "crops", t)
-        out = self.person_net.infer({"crops": np.ascontiguousarray(x)})
+        out = self.person_net.infer({"crops": x})
         out["_affines"] = affines
         _lap(timings, "person_net", t)
         return out
@@ -262,9 +262,10 @@ class Perceptor:
         embedding = np.zeros(0, np.float32)
         if person_out is not None:
             if c.enable_parts and "part_logits" in person_out:
-                logits = person_out["part_logits"][i].transpose(1, 2, 0)          # [h, w, P]
-                parts = paste_to_box(np.ascontiguousarray(logits), person_out["_affines"][i], box).argmax(-1)
-                parts = parts.astype(np.uint8)
+                # Labels on the crop grid, pasted nearest: pasting the [h, w, 15] float logits and taking the
+                # argmax at box size costs ~10x more (about 5 ms for a 150x350 px person on this CPU).
+                labels = person_out["part_logits"][i].argmax(0).astype(np.uint8)   # [h, w]
+                parts = paste_to_box(labels, person_out["_affines"][i], box)
                 if mask is not None:
                     parts[~mask] = 0   # one person's parts live inside that person's mask
             if c.enable_attributes and "attr_" + ATTRIBUTE_NAMES[0] in person_out:

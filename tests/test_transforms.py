@@ -147,3 +147,19 @@ def test_letterbox_and_inverse():
     np.testing.assert_array_equal(unletterbox_map(mask, scale, pad, (120, 90)), image[..., 0] == 255)
     tall, scale2, pad2 = letterbox(np.zeros((100, 50, 3), np.uint8), (64, 64))
     assert tall.shape == (64, 64, 3) and pad2 == (16, 0) and scale2 == pytest.approx(0.64)
+
+
+def test_normalize_images_matches_the_formula_for_one_image_and_a_batch():
+    from hcq_ros.data.torch_dataset import IMAGE_MEAN, IMAGE_STD, image_to_tensor, normalize_images
+
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (3, 10, 6, 3), dtype=np.uint8)
+    expected = ((batch.astype(np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD).transpose(0, 3, 1, 2)
+    out = normalize_images(batch)
+    assert out.dtype == np.float32 and out.shape == (3, 3, 10, 6) and out.flags["C_CONTIGUOUS"]
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    one = image_to_tensor(batch[1])
+    assert one.shape == (3, 10, 6) and one.is_contiguous()
+    np.testing.assert_allclose(one.numpy(), expected[1], atol=1e-5)
+    with pytest.raises(ValueError, match="uint8"):
+        image_to_tensor(batch[1].astype(np.float32))

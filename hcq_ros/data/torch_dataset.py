@@ -20,14 +20,24 @@ from hcq_ros.data.schema import Sample
 
 IMAGE_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGE_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+_NORM_SCALE = (1.0 / (255.0 * IMAGE_STD)).astype(np.float32)[:, None, None]
+_NORM_OFFSET = (-IMAGE_MEAN / IMAGE_STD).astype(np.float32)[:, None, None]
+
+
+def normalize_images(images: np.ndarray) -> np.ndarray:
+    """uint8 [..., H, W, 3] RGB -> float32 [..., 3, H, W] normalised (C-contiguous)."""
+    # (v / 255 - mean) / std as one multiply-add, in place on the channel-first copy (it runs on every frame).
+    x = np.moveaxis(images, -1, -3).astype(np.float32, order="C")
+    x *= _NORM_SCALE
+    x += _NORM_OFFSET
+    return x
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 [H, W, 3] RGB -> float32 [3, H, W] normalised."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be uint8 [H, W, 3] RGB, got {image.dtype} {list(image.shape)}")
-    x = (image.astype(np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+    return torch.from_numpy(normalize_images(image))
 
 
 def sample_to_target(sample: Sample) -> dict[str, torch.Tensor]:
