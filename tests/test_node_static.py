@@ -76,7 +76,8 @@ def test_package_xml_lists_every_ros_import():
     missing = sorted(m for m in third_party if ROSDEP_KEYS.get(m, m) not in dependencies)
     assert not missing, f"package.xml lacks {missing}"
     # message packages the node publishes through hcq_ros.ros.messages (rclpy imports <pkg>.msg for each)
-    used = set(re.findall(r'"([a-z_]+)/msg/[A-Za-z0-9]+"', (ROOT / "hcq_ros/ros/messages.py").read_text()))
+    used = {pkg for name in ("messages.py", "message_factory.py")
+            for pkg in re.findall(r'"([a-z_]+)/msg/[A-Za-z0-9]+"', (ROOT / "hcq_ros/ros" / name).read_text())}
     used |= {t.split("/")[0] for t in messages.TOPIC_TYPES.values()}
     missing = sorted(p for p in used - {"hcq_ros", "hri_msgs"} if p not in dependencies)
     assert not missing, f"package.xml lacks message packages {missing}"

@@ -22,6 +22,7 @@ from rosbags.typesys import get_types_from_msg
 from rosbags.typesys.store import Typestore
 
 from hcq_ros.ros.image_conversion import DEFAULT_MAX_PIXELS, ImageDecodeError, msg_to_rgb, rgb_to_image_msg
+from hcq_ros.ros.message_factory import normalize_msgtype
 from hcq_ros.ros.typestore import build_typestore, get_typestore
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
@@ -36,16 +37,6 @@ DEFAULT_QOS = Qos(history=QosHistory.KEEP_LAST, depth=10, reliability=QosReliabi
 
 class BagError(ValueError):
     """A bag that cannot be used: unreadable/corrupted, or without the topics asked for."""
-
-
-def normalize_msgtype(msgtype: str) -> str:
-    """'sensor_msgs/Image' or 'sensor_msgs/msg/Image' -> 'sensor_msgs/msg/Image'."""
-    parts = msgtype.strip().split("/")
-    if len(parts) == 2:
-        return f"{parts[0]}/msg/{parts[1]}"
-    if len(parts) == 3 and parts[1] == "msg":
-        return msgtype.strip()
-    raise ValueError(f"message type {msgtype!r} is not of the form 'package/msg/Name'")
 
 
 def make_header(stamp_ns: int, frame_id: str, typestore: Typestore | None = None) -> Any:

@@ -130,6 +130,7 @@ class Trainer:
         self.criterion.load_state_dict(ckpt["criterion"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.iteration = int(ckpt["iteration"])
+        self.started_from = f"resumed from {self.last_path}"
         return True
 
     def _init_from(self, path: Path) -> bool:
@@ -141,6 +142,7 @@ class Trainer:
         if "criterion" in ckpt:
             self.criterion.load_state_dict(ckpt["criterion"])
         self.iteration = int(ckpt.get("iteration", 0))
+        self.started_from = f"initialised from {path} (--init)"
         return True
 
     def export_weights(self, path: Path) -> None:
@@ -188,7 +190,7 @@ class Trainer:
         if self.main:
             (self.out / "config.json").write_text(json.dumps(self.config_dump, indent=2))
             if resumed:
-                print(f"resumed from {self.last_path} at iteration {self.iteration}")
+                print(f"{self.started_from} at iteration {self.iteration}")
         batches = self.task.batches(self.rank, self.world, self.iteration)
         bar = tqdm(total=self.s.iterations, initial=self.iteration, disable=not (progress and self.main),
                    dynamic_ncols=True)
