@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_unified_vs_separate(args, report: dict, cache_dir: Path) -> list[dict]:
-    from hcq_ros.evaluation import bench
+    from hcq_ros.evaluation import bench, unified_bench
 
     config = report["detector"]["config"]
     if not config or "profile" not in config:
@@ -115,8 +115,8 @@ def run_unified_vs_separate(args, report: dict, cache_dir: Path) -> list[dict]:
     for backend in args.backend:
         for size in args.sizes:
             for threads in args.threads:
-                out.append(bench.unified_vs_separate(config, backend, threads, size, image, args.frames,
-                                                     args.warmup, cache_dir))
+                out.append(unified_bench.unified_vs_separate(config, backend, threads, size, image, args.frames,
+                                                             args.warmup, cache_dir))
     return out
 
 

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from hcq_ros import bench_cli
-from hcq_ros.evaluation import bench
+from hcq_ros.evaluation import bench, unified_bench
 from hcq_ros.evaluation.soak import TINY_HCQ, tiny_models
 
 FAST = ["--sizes", "64", "--frames", "3", "--warmup", "1", "--image-size", "96", "96", "--pool", "2",
@@ -113,14 +113,14 @@ def test_unified_vs_separate_task_networks():
     from hcq_ros.models.hcq import HCQConfig
 
     config = HCQConfig.preset("hcqnet", "small", **TINY_HCQ).to_dict()
-    nets = bench.task_networks(config)
+    nets = unified_bench.task_networks(config)
     outputs = {name: set(net.output_names) for name, net in nets.items()}
     assert {"pred_masks", "pred_keypoints"} <= outputs["unified"]
     assert "pred_masks" not in outputs["detection"] and "pred_keypoints" not in outputs["detection"]
     assert "pred_masks" in outputs["segmentation"] and "pred_keypoints" not in outputs["segmentation"]
     assert "pred_keypoints" in outputs["pose"] and "pred_masks" not in outputs["pose"]
     image = bench.frames_with_people(1, 1, 96, 96)[0][0]
-    result = bench.unified_vs_separate(config, "torch", 1, 64, image, frames=2, warmup=1, cache_dir="unused")
+    result = unified_bench.unified_vs_separate(config, "torch", 1, 64, image, frames=2, warmup=1, cache_dir="unused")
     lat = result["latency_ms"]
     assert lat["separate_sum"]["median"] >= lat["detection"]["median"] > 0
     assert result["latency_ratio"] == pytest.approx(lat["unified"]["median"] / lat["separate_sum"]["median"],
