@@ -112,7 +112,9 @@ def test_trt_export_has_one_plugin_node_per_deformable_attention(trt_export):
     levels = [(SIZE[1] // s, SIZE[0] // s) for s in (8, 16, 32)]
     keys = sum(h * w for h, w in levels)
     decoder_points = config.dec_offset_points + math.ceil(17 / heads)
-    expected = sorted([(keys, config.enc_points)] + [(config.num_queries, decoder_points)] * config.dec_layers)
+    encoder_queries = sum(h * w for h, w in levels[3 - config.enc_query_levels:])   # the coarsest levels only
+    expected = sorted([(encoder_queries, config.enc_points)] * config.enc_layers
+                      + [(config.num_queries, decoder_points)] * config.dec_layers)
     got = []
     for summary in summaries:
         inputs = summary["inputs"]
