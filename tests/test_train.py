@@ -63,12 +63,16 @@ def test_train_logs_checkpoints_evaluates_and_resumes(tmp_path):
     assert [int(r["iteration"]) for r in csv.DictReader(open(out2 / "log.csv"))] == [5]
 
 
-def test_resume_with_another_architecture_is_refused(tmp_path):
+def test_resume_with_another_architecture_is_refused_other_losses_are_fine(tmp_path):
     cfg = _write_config(tmp_path)
     out = tmp_path / "run"
     assert _train(cfg, out, "--iterations", "1", "--set", "train.eval_every=0") == 0
-    with pytest.raises(ValueError, match="trained with model config"):
+    with pytest.raises(ValueError, match="trained with another model .*num_queries: 6 != 7"):
         _train(cfg, out, "--iterations", "2", "--set", "model.overrides.num_queries=7")
+    # loss settings are not architecture: the run continues under new ones
+    assert _train(cfg, out, "--iterations", "2", "--set", "train.eval_every=0",
+                  "--set", "model.overrides.giou_weight=2.0", "--set", "model.overrides.match_box_weight=5.0") == 0
+    assert torch.load(out / "last.pt", weights_only=False)["iteration"] == 2
 
 
 def test_config_errors_name_the_problem(tmp_path):

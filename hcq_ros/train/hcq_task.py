@@ -61,6 +61,11 @@ class HCQTask:
     def build_model(self):
         return HCQNet(self.model_cfg)
 
+    @staticmethod
+    def architecture_mismatches(theirs: dict, ours: dict) -> list[str]:
+        """Architecture fields that differ between two ``model:`` config dicts (loss settings may differ)."""
+        return hcq_config_from(theirs).architecture_mismatches(hcq_config_from(ours))
+
     def build_criterion(self):
         return build_criterion(self.model_cfg)
 

@@ -123,9 +123,10 @@ class Trainer:
         if not self.last_path.exists():
             return self._init_from(init) if init else False
         ckpt = torch.load(self.last_path, map_location=self.device, weights_only=False)
-        if ckpt.get("config", {}).get("model") != self.config_dump.get("model"):
-            raise ValueError(f"{self.last_path} was trained with model config {ckpt.get('config', {}).get('model')}"
-                             f", not {self.config_dump.get('model')}: use another --out or delete it")
+        mismatches = self._architecture_mismatches(ckpt)
+        if mismatches:
+            raise ValueError(f"{self.last_path} was trained with another model ({'; '.join(mismatches)}): use "
+                             "another --out or delete it")
         self.model.load_state_dict(ckpt["model"])
         self.criterion.load_state_dict(ckpt["criterion"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -133,11 +134,21 @@ class Trainer:
         self.started_from = f"resumed from {self.last_path}"
         return True
 
+    def _architecture_mismatches(self, ckpt: dict) -> list[str]:
+        """What differs between the checkpoint's network and this run's. Tasks with loss settings inside their
+        model config (HCQNet) compare architectures only (``task.architecture_mismatches``), so a run can
+        continue under other loss weights; otherwise the whole model config must match."""
+        theirs, ours = (ckpt.get("config") or {}).get("model"), self.config_dump.get("model")
+        compare = getattr(self.task, "architecture_mismatches", None)
+        if compare is not None and theirs is not None:
+            return compare(theirs, ours)
+        return [] if theirs == ours else [f"model config {theirs} != {ours}"]
+
     def _init_from(self, path: Path) -> bool:
         ckpt = torch.load(path, map_location=self.device, weights_only=False)
-        if ckpt.get("config", {}).get("model") != self.config_dump.get("model"):
-            raise ValueError(f"--init {path} has model config {ckpt.get('config', {}).get('model')}, "
-                             f"not {self.config_dump.get('model')}")
+        mismatches = self._architecture_mismatches(ckpt)
+        if mismatches:
+            raise ValueError(f"--init {path} is another model: {'; '.join(mismatches)}")
         self.model.load_state_dict(ckpt["model"])
         if "criterion" in ckpt:
             self.criterion.load_state_dict(ckpt["criterion"])
