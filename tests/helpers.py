@@ -18,3 +18,43 @@ def once_per_session(tmp_path_factory, name: str):
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield folder, (folder / ".done").exists()
         (folder / ".done").touch()
+
+
+def write_person_formats(root, identities: int = 6, images: int = 4, people: tuple = (1, 2), seed: int = 9):
+    """Tiny Market-1501 / LIP / MPII folders under ``root`` written from SynthHumans with the format writers."""
+    import numpy as np
+
+    from hcq_ros.data.formats import LipWriter, MarketWriter, MpiiWriter
+    from hcq_ros.data.synth import IdentityPool, SceneConfig, generate_image
+
+    pool = IdentityPool(identities, seed=seed)
+    market = MarketWriter(root / "market")
+    lip, mpii = LipWriter(root / "lip", "train"), MpiiWriter(root / "mpii")
+    cfg = SceneConfig(width=96, height=96, min_people=people[0], max_people=people[1], min_person_height=40)
+    for i in range(images):
+        sample = generate_image(np.random.default_rng([seed, i]), cfg, image_id=i + 1, pool=pool)
+        for k, p in enumerate(sample.persons):
+            x0, y0, x1, y1 = np.round(p.box).astype(int)
+            crop = np.ascontiguousarray(sample.image[max(0, y0):y1, max(0, x0):x1])
+            if crop.shape[0] >= 4 and crop.shape[1] >= 4:
+                market.add(crop, p.identity, 1 + i % 2, i + 1, k, "train")
+                market.set_attributes(p.identity, p.attributes)
+        if sample.persons:
+            lip.add(sample)
+            mpii.add(sample, f"{i + 1:06d}.jpg")
+    market.close(), lip.close(), mpii.close()
+    return root
+
+
+def tiny_hcq_train_config(**train) -> dict:
+    """A few-step HCQNet training config (64 px synth, tiny model); ``train`` overrides the train section."""
+    return {
+        "model": {"kind": "hcq", "preset": "hcqnet", "profile": "small",
+                  "overrides": {"d_model": 32, "mask_dim": 16, "num_queries": 6, "enc_layers": 1, "dec_layers": 2,
+                                "n_heads": 2, "ffn_dim": 32, "mask_points": 256}},
+        "data": {"train": "synth", "image_size": [64, 64], "source_size": [96, 96], "batch_size": 2, "workers": 0,
+                 "scene": {"max_people": 3, "min_person_height": 24}, "val": "synth", "val_images": 3,
+                 "val_size": [64, 64]},
+        "train": {"iterations": 4, "lr": 1e-3, "warmup": 1, "checkpoint_every": 2, "eval_every": 4, "log_every": 1,
+                  "bf16": True, "threads": 1, **train},
+    }

@@ -8,19 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import tiny_hcq_train_config
 from hcq_ros.train import ablation, ablation_report, hcq_ablation, person_ablation
 from hcq_ros.train.ablation import Estimate, Variant, eval_count, suggest_iterations, variant_config
 
-HCQ_TINY = {
-    "model": {"kind": "hcq", "preset": "hcqnet", "profile": "small",
-              "overrides": {"d_model": 32, "mask_dim": 16, "num_queries": 6, "enc_layers": 1, "dec_layers": 2,
-                            "n_heads": 2, "ffn_dim": 32, "mask_points": 256}},
-    "data": {"train": "synth", "image_size": [64, 64], "source_size": [96, 96], "batch_size": 2, "workers": 0,
-             "scene": {"max_people": 3, "min_person_height": 24}, "val": "synth", "val_images": 3,
-             "val_size": [64, 64]},
-    "train": {"iterations": 4, "lr": 1e-3, "warmup": 2, "checkpoint_every": 1, "eval_every": 4, "log_every": 1,
-              "bf16": True, "threads": 1},
-}
+HCQ_TINY = tiny_hcq_train_config(warmup=2, checkpoint_every=1)
 PERSON_MODEL = {"kind": "person", "preset": "small",
                 "overrides": {"embedding_dim": 32, "pose_dim": 16, "fpn_dim": 16, "seg_dim": 8}}
 PERSON_VAL = {"sequences": 2, "frames": 20, "identities": 6, "size": 160, "max_people": 4, "frame_step": 5,

@@ -81,27 +81,9 @@ def test_flip_mirrors_crop_parts_and_swaps_left_right_joints():
 @pytest.fixture(scope="module")
 def real_formats(tmp_path_factory):
     """Tiny Market-1501 / LIP / MPII folders written from SynthHumans with the format writers."""
-    from hcq_ros.data.formats import LipWriter, MarketWriter, MpiiWriter
-    from hcq_ros.data.synth import IdentityPool, SceneConfig, generate_image
+    from helpers import write_person_formats
 
-    root = tmp_path_factory.mktemp("formats")
-    pool = IdentityPool(6, seed=1)
-    market = MarketWriter(root / "market")
-    lip, mpii = LipWriter(root / "lip", "train"), MpiiWriter(root / "mpii")
-    cfg = SceneConfig(width=96, height=96, min_people=1, max_people=2, min_person_height=40)
-    for i in range(4):
-        sample = generate_image(np.random.default_rng([9, i]), cfg, image_id=i + 1, pool=pool)
-        for k, p in enumerate(sample.persons):
-            x0, y0, x1, y1 = np.round(p.box).astype(int)
-            crop = np.ascontiguousarray(sample.image[max(0, y0):y1, max(0, x0):x1])
-            if crop.shape[0] >= 4 and crop.shape[1] >= 4:
-                market.add(crop, p.identity, 1 + i % 2, i + 1, k, "train")
-                market.set_attributes(p.identity, p.attributes)
-        if sample.persons:
-            lip.add(sample)
-            mpii.add(sample, f"{i + 1:06d}.jpg")
-    market.close(), lip.close(), mpii.close()
-    return root
+    return write_person_formats(tmp_path_factory.mktemp("formats"))
 
 
 def test_market_gives_identities_and_attributes_only(real_formats):

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from helpers import write_person_formats
 from hcq_ros.train.person_task import PersonBatchStream, PersonTask, SourceBatching
 
 TINY_MODEL = {"kind": "person", "preset": "small",
@@ -85,30 +86,8 @@ def test_synth_training_logs_every_loss_evaluates_and_resumes(tmp_path):
     assert load_checkpoint(out / "last.pt").config.embedding_dim == 32
 
 
-def _write_formats(root: Path) -> Path:
-    from hcq_ros.data.formats import LipWriter, MarketWriter, MpiiWriter
-    from hcq_ros.data.synth import IdentityPool, SceneConfig, generate_image
-
-    pool = IdentityPool(8, seed=2)
-    market = MarketWriter(root / "market")
-    lip, mpii = LipWriter(root / "lip", "train"), MpiiWriter(root / "mpii")
-    cfg = SceneConfig(width=96, height=96, min_people=2, max_people=3, min_person_height=40)
-    for i in range(6):
-        sample = generate_image(np.random.default_rng([5, i]), cfg, image_id=i + 1, pool=pool)
-        for k, p in enumerate(sample.persons):
-            x0, y0, x1, y1 = np.round(p.box).astype(int)
-            if x1 - x0 >= 4 and y1 - y0 >= 4:
-                market.add(np.ascontiguousarray(sample.image[y0:y1, x0:x1]), p.identity, 1 + i % 2, i + 1, k, "train")
-                market.set_attributes(p.identity, p.attributes)
-        if sample.persons:
-            lip.add(sample)
-            mpii.add(sample, f"{i + 1:06d}.jpg")
-    market.close(), lip.close(), mpii.close()
-    return root
-
-
 def test_multisource_batches_carry_only_their_sources_targets(tmp_path):
-    root = _write_formats(tmp_path / "formats")
+    root = write_person_formats(tmp_path / "formats", identities=8, images=6, people=(2, 3), seed=5)
     config = yaml.safe_load(Path("hcq_ros/train/configs/person_small_multisource.yaml").read_text())
     config["model"] = TINY_MODEL
     config["train"] = TRAIN

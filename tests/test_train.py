@@ -12,18 +12,10 @@ import pytest
 import torch
 import yaml
 
+from helpers import tiny_hcq_train_config
 from hcq_ros.train.cli import load_config
 
-TINY = {
-    "model": {"kind": "hcq", "preset": "hcqnet", "profile": "small",
-              "overrides": {"d_model": 32, "mask_dim": 16, "num_queries": 6, "enc_layers": 1, "dec_layers": 2,
-                            "n_heads": 2, "ffn_dim": 32, "mask_points": 256}},
-    "data": {"train": "synth", "image_size": [64, 64], "source_size": [96, 96], "batch_size": 2, "workers": 0,
-             "scene": {"max_people": 3, "min_person_height": 24}, "val": "synth", "val_images": 3,
-             "val_size": [64, 64]},
-    "train": {"iterations": 4, "lr": 1e-3, "warmup": 1, "checkpoint_every": 2, "eval_every": 4, "log_every": 1,
-              "bf16": True, "threads": 1},
-}
+TINY = tiny_hcq_train_config()
 
 
 def _write_config(tmp_path: Path, config=TINY) -> Path:
