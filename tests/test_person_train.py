@@ -125,3 +125,24 @@ def test_config_errors_name_the_problem(tmp_path):
                                         "val": {"seed": 77}}}, tmp_path)
     with pytest.raises(ValueError, match="not held out"):
         task.validation_dir()
+
+
+def test_background_workers_are_spawned_and_survive_a_busy_opencv_parent():
+    """The parent uses OpenCV's thread pool first (as the ablation runner does when it writes datasets); spawned
+    workers start clean, so the first batch arrives (a forked worker hung in cv2.setNumThreads here)."""
+    import cv2
+
+    from hcq_ros.data.torch_dataset import loader_worker_options
+
+    assert loader_worker_options(0) == {"num_workers": 0}
+    assert loader_worker_options(1)["multiprocessing_context"] == "spawn"
+    with pytest.raises(ValueError, match="workers"):
+        loader_worker_options(-1)
+    big = np.random.default_rng(0).integers(0, 255, (1200, 1200, 3), dtype=np.uint8)
+    for _ in range(5):
+        cv2.resize(big, (64, 128), interpolation=cv2.INTER_AREA)
+    config = {"model": TINY_MODEL, "train": TRAIN,
+              "data": {"sources": {"synth": {"kind": "synth", "p": 3, "k": 2, "synth": {"identities": 30}}},
+                       "workers": 1, "val": TINY_VAL}}
+    crops, targets = next(PersonTask(config, "unused").batches(0, 1, 0))
+    assert crops.shape[0] == 6 and targets["identities"].shape == (6,)

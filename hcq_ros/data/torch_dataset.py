@@ -154,3 +154,26 @@ def open_detection_source(spec: str, split: str, scene_config=None, seed: int = 
             return CocoPersonDataset(synth, root)
         raise FileNotFoundError(f"no COCO annotations under {root}: looked for {real} and {synth}")
     raise ValueError(f"unknown data source {spec!r}: use 'synth' or 'coco:PATH'")
+
+
+def single_thread_worker(_: int) -> None:
+    """DataLoader worker_init_fn: one torch and one OpenCV thread per worker (the trainer owns the cores)."""
+    import cv2
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def loader_worker_options(workers: int) -> dict:
+    """DataLoader keyword arguments for ``workers`` background workers (0 = load in the training process).
+
+    Workers are *spawned*, not forked: a forked child inherits OpenCV's thread-pool state, and its first
+    ``cv2.setNumThreads`` then waits forever on a condition variable whose waiters only existed in the parent
+    (seen in the PersonNet ablation, whose parent process had written thousands of images with OpenCV first).
+    Spawning costs a few seconds once per run (persistent workers)."""
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if workers == 0:
+        return {"num_workers": 0}
+    return {"num_workers": workers, "persistent_workers": True, "prefetch_factor": 2,
+            "worker_init_fn": single_thread_worker, "multiprocessing_context": "spawn"}

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from hcq_ros.data.sampler import StreamBatchSampler
-from hcq_ros.data.torch_dataset import DetectionDataset, collate_detection, open_detection_source
+from hcq_ros.data.torch_dataset import (DetectionDataset, collate_detection, loader_worker_options,
+                                       open_detection_source)
 from hcq_ros.data.transforms import TrainAugment
 from hcq_ros.models.hcq import HCQConfig, HCQNet
 from hcq_ros.train.losses import build_criterion
@@ -85,10 +86,8 @@ class HCQTask:
         sampler = StreamBatchSampler(len(dataset), int(d.get("batch_size", 8)), seed=self.seed,
                                      shuffle=spec != "synth", start_iteration=start_iteration, rank=rank,
                                      world_size=world_size)
-        workers = int(d.get("workers", 1))
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_detection,
-                                             num_workers=workers, persistent_workers=workers > 0,
-                                             prefetch_factor=2 if workers > 0 else None)
+                                             **loader_worker_options(int(d.get("workers", 1))))
         return iter(loader)
 
     def loss(self, model, criterion, batch) -> dict:

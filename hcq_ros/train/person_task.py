@@ -36,6 +36,7 @@ import torch
 from hcq_ros.data.person_dataset import (CropAugment, LipCropSource, MarketCropSource, MpiiCropSource,
                                          PersonCropDataset, SynthCropConfig, SynthCropSource, collate_crops)
 from hcq_ros.data.sampler import apportion
+from hcq_ros.data.torch_dataset import loader_worker_options
 from hcq_ros.models.person_net import CHECKPOINT_CONFIG_KEY, PersonNet, PersonNetConfig
 from hcq_ros.train.person_losses import PersonCriterion
 
@@ -212,12 +213,9 @@ class PersonTask:
     def batches(self, rank: int, world_size: int, start_iteration: int):
         stream = PersonBatchStream(self.batching, self.seed, start_iteration, rank, world_size,
                                    int(self.data.get("round_batches", 100)))
-        workers = int(self.data.get("workers", 1))
         loader = torch.utils.data.DataLoader(PersonCropDataset(self.sources), batch_sampler=stream,
-                                             collate_fn=collate_crops, num_workers=workers,
-                                             persistent_workers=workers > 0,
-                                             prefetch_factor=2 if workers > 0 else None,
-                                             worker_init_fn=_single_thread_worker if workers > 0 else None)
+                                             collate_fn=collate_crops,
+                                             **loader_worker_options(int(self.data.get("workers", 1))))
         return iter(loader)
 
     def loss(self, model, criterion, batch) -> dict:
@@ -261,13 +259,6 @@ class PersonTask:
         val = dict(self.data.get("val") or {})
         metrics = evaluate_person_net(model, self.validation_dir(), frame_step=int(val.get("frame_step", 5)))
         return {k: v for k, v in metrics.items() if not isinstance(v, dict)}
-
-
-def _single_thread_worker(_: int) -> None:
-    import cv2
-
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
 
 
 def _to_float(value):
