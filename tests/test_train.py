@@ -105,3 +105,25 @@ def test_snapshot_drops_optimizer_and_loads(tmp_path):
     assert load_checkpoint(tmp_path / "engines" / "x.pt").config.num_queries == 6
     with pytest.raises(FileNotFoundError, match="no_such"):
         snapshot(tmp_path / "no_such.pt", tmp_path / "y.pt")
+
+
+def test_init_backbone_copies_only_the_backbone_and_checks_it_fits(tmp_path):
+    cfg = _write_config(tmp_path)
+    first = tmp_path / "first"
+    assert _train(cfg, first, "--iterations", "2", "--set", "train.eval_every=0") == 0
+    source = torch.load(first / "last.pt", weights_only=False)["model"]
+    second = tmp_path / "second"   # lr 0: the one step leaves the initial weights as they were
+    assert _train(cfg, second, "--iterations", "1", "--set", "train.eval_every=0", "--set", "train.lr=0.0",
+                  "--set", f"train.init_backbone={first / 'last.pt'}") == 0
+    ckpt = torch.load(second / "last.pt", weights_only=False)
+    assert ckpt["iteration"] == 1
+    backbone = [k for k in source if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(ckpt["model"][k], source[k]) for k in backbone)
+    others = [k for k in source if not k.startswith("backbone.") and source[k].is_floating_point()]
+    assert any(not torch.equal(ckpt["model"][k], source[k]) for k in others)   # the rest started fresh
+    bad = tmp_path / "bad.pt"
+    torch.save({"model": {"backbone.stem.0.weight": torch.zeros(1)}}, bad)
+    with pytest.raises(ValueError, match="does not fit this backbone"):
+        _train(cfg, tmp_path / "third", "--iterations", "1", "--set", f"train.init_backbone={bad}")
+    with pytest.raises(FileNotFoundError, match="init_backbone"):
+        _train(cfg, tmp_path / "fourth", "--iterations", "1", "--set", f"train.init_backbone={tmp_path / 'no.pt'}")

@@ -40,6 +40,7 @@ class TrainSchedule:
     log_every: int = 10
     threads: int = 0            # torch intra-op threads; 0 = leave torch's default
     seed: int = 0
+    init_backbone: str = ""     # checkpoint whose backbone.* weights start a fresh run (a pretrained backbone)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -144,6 +145,24 @@ class Trainer:
             return compare(theirs, ours)
         return [] if theirs == ours else [f"model config {theirs} != {ours}"]
 
+    def _init_backbone(self, path: Path) -> str:
+        """Copy ``backbone.*`` weights from a checkpoint into the fresh model (the rest stays random, the
+        iteration stays 0): the stand-in for an ImageNet-pretrained backbone. Every backbone tensor must exist
+        with the same shape, or ValueError names the first that does not."""
+        if not path.is_file():
+            raise FileNotFoundError(f"train.init_backbone: no checkpoint at {path}")
+        source = torch.load(path, map_location=self.device, weights_only=False)["model"]
+        own = {k: v for k, v in self.model.state_dict().items() if k.startswith("backbone.")}
+        if not own:
+            raise ValueError("train.init_backbone: this model has no backbone.* parameters")
+        for key, value in own.items():
+            if key not in source or tuple(source[key].shape) != tuple(value.shape):
+                found = "missing" if key not in source else f"shape {tuple(source[key].shape)}"
+                raise ValueError(f"train.init_backbone: {path} does not fit this backbone: {key} "
+                                 f"{tuple(value.shape)} vs {found}")
+        self.model.load_state_dict({k: source[k] for k in own}, strict=False)
+        return f"backbone ({len(own)} tensors) initialised from {path}; the rest is new"
+
     def _init_from(self, path: Path) -> bool:
         ckpt = torch.load(path, map_location=self.device, weights_only=False)
         mismatches = self._architecture_mismatches(ckpt)
@@ -198,6 +217,9 @@ class Trainer:
 
         self.out.mkdir(parents=True, exist_ok=True)
         resumed = self.resume(init)
+        if not resumed and self.s.init_backbone:
+            self.started_from = self._init_backbone(Path(self.s.init_backbone))
+            resumed = True
         if self.main:
             (self.out / "config.json").write_text(json.dumps(self.config_dump, indent=2))
             if resumed:
