@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean bench
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
+
+# docs/benchmarks.md (+ JSON and PNG): the whole grid of DESIGN.md section 8 on the shipped models; takes
+# about half an hour on 2 cores and must run on an otherwise idle machine.
+bench: $(STAMP)
+	$(VENV)/bin/hcq-ros bench --detector engines/hcq_small.onnx --person engines/person_small.onnx \
+	    --backend onnxruntime torch --threads 1 2 --sizes 256 320 384 512 --people 0 1 5 10 20 \
+	    --force-people --unified-vs-separate --json docs/benchmarks.json --markdown docs/benchmarks.md \
+	    --plot docs/benchmarks.png
 
 clean:
 	rm -rf $(VENV) out
