@@ -283,3 +283,20 @@ def test_greedy_match_prefers_high_scores_and_respects_iou():
     assert greedy_match(gt, pred, np.array([0.5, 0.9, 0.8])) == [(1, 0)]
     assert greedy_match(gt, pred[:1], np.array([0.5])) == [(0, 0)]
     assert greedy_match(gt, np.zeros((0, 4)), np.zeros(0)) == []
+
+
+def test_best_f1_and_its_score_threshold(gt_dir, gt_preds):
+    coco = load_coco_gt(gt_dir / "annotations" / "person_keypoints.json")
+    results = json.loads((gt_preds / "detections.json").read_text())
+    for i, r in enumerate(results):          # true people scored 0.6 .. 0.9
+        r["score"] = 0.6 + 0.3 * i / max(1, len(results) - 1)
+    m = evaluate_detections(coco, results)
+    assert m["bbox_best_F1"] == pytest.approx(1.0) and 0.6 <= m["bbox_best_F1_score"] <= 0.9
+    # confident false positives above every true person: the best F1 drops and its threshold stays at the true
+    # people's scores (keeping the false ones too would only add errors)
+    boxes = [[2, 2, 10, 20], [60, 2, 10, 20], [2, 60, 10, 20]]
+    fakes = [{"image_id": 3, "category_id": 1, "bbox": b, "score": 0.95} for b in boxes]
+    plain = [{k: r[k] for k in ("image_id", "category_id", "bbox", "score")} for r in results]
+    m = evaluate_detections(coco, plain + fakes)
+    assert m["bbox_best_F1"] < 1.0 and 0.6 <= m["bbox_best_F1_score"] <= 0.9
+    assert evaluate_detections(coco, [])["bbox_AP"] is not None and "bbox_best_F1" not in evaluate_detections(coco, [])

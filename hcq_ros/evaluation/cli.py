@@ -32,9 +32,9 @@ from .predictions import GT_ANNOTATIONS, GT_MARKET, GT_MOT, find_predictions, lo
 from .reid import evaluate_reid_npz
 
 # Order of the printed table (other scalar keys follow).
-HEADLINE = ("bbox_AP", "bbox_AP50", "segm_AP", "keypoints_AP", "keypoints_AP_nosmall", "parts_mIoU", "attr_acc",
-            "crop_attr_acc", "reid_mAP", "reid_rank1", "reid_rank5", "pose_PCK", "mot_MOTA", "mot_IDF1",
-            "id_switches")
+HEADLINE = ("bbox_AP", "bbox_AP50", "segm_AP", "keypoints_AP", "keypoints_AP_nosmall", "bbox_best_F1_score",
+            "parts_mIoU", "attr_acc", "crop_attr_acc", "reid_mAP", "reid_rank1", "reid_rank5", "pose_PCK",
+            "mot_MOTA", "mot_IDF1", "id_switches")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -148,6 +148,24 @@ def _average_precision(E: COCOeval, iou: Optional[float] = None, area: str = "al
     return float(valid.mean()) if valid.size else None
 
 
+def best_f1(E: COCOeval, iou: float = 0.5) -> tuple[Optional[float], Optional[float]]:
+    """(best F1, the score threshold that gives it) over COCOeval's 101 recall points at one IoU, all areas,
+    largest maxDets: F1 = 2PR / (P + R) with COCOeval's interpolated precision (a slight over-estimate between
+    detections) and ``eval["scores"]``, the score of the detection reached at each recall point. This is how the
+    product's default score threshold is chosen; (None, None) when no recall point is reached."""
+    t = int(np.flatnonzero(np.isclose(E.params.iouThrs, iou))[0])
+    a = E.params.areaRngLbl.index("all")
+    precision = E.eval["precision"][t, :, 0, a, -1]
+    scores = E.eval["scores"][t, :, 0, a, -1]
+    recall = np.asarray(E.params.recThrs)
+    valid = precision > 0
+    if not valid.any():
+        return None, None
+    f1 = np.where(valid, 2 * precision * recall / np.maximum(precision + recall, 1e-12), -1.0)
+    i = int(np.argmax(f1))
+    return float(f1[i]), float(scores[i])
+
+
 def _run_cocoeval(coco: COCO, results: list[dict], iou_type: str, verbose: bool) -> COCOeval:
     with _quiet(verbose):
         dt = coco.loadRes(copy.deepcopy(results))  # loadRes writes ids/areas into the entries
@@ -195,7 +213,8 @@ def evaluate_detections(gt: str | Path | COCO, results: Sequence[dict], verbose:
 
     Returns ``{"bbox_AP", "bbox_AP50", "bbox_AP75", "bbox_APs", "bbox_APm", "bbox_APl", "segm_*" (same),
     "keypoints_AP", "keypoints_AP50", "keypoints_AP75", "keypoints_APm", "keypoints_APl",
-    "keypoints_AP_nosmall", "det_num_predictions", "det_non_person_entries"}`` (segm/keypoints keys only
+    "keypoints_AP_nosmall", "bbox_best_F1", "bbox_best_F1_score" (see ``best_f1``), "det_num_predictions",
+    "det_non_person_entries"}`` (segm/keypoints keys only
     when the predictions carry them; every key when the list is empty).
     """
     coco = gt if isinstance(gt, COCO) else load_coco_gt(gt)
@@ -211,4 +230,6 @@ def evaluate_detections(gt: str | Path | COCO, results: Sequence[dict], verbose:
         E = _run_cocoeval(coco, kept, iou_type, verbose)
         for suffix, iou, area in _metric_names(iou_type):
             out[f"{iou_type}_{suffix}"] = _average_precision(E, iou, area)
+        if iou_type == "bbox":
+            out["bbox_best_F1"], out["bbox_best_F1_score"] = best_f1(E)
     return out
