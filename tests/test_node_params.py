@@ -36,7 +36,7 @@ def test_params_yaml_and_table_agree():
     defaults = node_params.load_defaults(PARAMS_YAML)
     assert list(defaults) == [spec.name for spec in PARAMS]
     assert node_params.default_params_file() == PARAMS_YAML  # found from the source tree
-    assert defaults["input_size"] == [640, 640] and isinstance(defaults["score_threshold"], float)
+    assert defaults["input_size"] == [320, 320] and isinstance(defaults["score_threshold"], float)
     flat = node_params._flatten(yaml_parameters())
     assert set(flat) == set(SPECS), "every parameter in params.yaml is declared by the node and vice versa"
 
@@ -117,7 +117,7 @@ def test_perceptor_config_mapping():
     # node-level parameters stay in the node; empty model paths leave the PerceptorConfig default in place
     assert "publish_markers" not in config and "image_transport" not in config
     assert "detector_model" not in config and "engine_cache_dir" not in config
-    assert config["input_size"] == [640, 640] and config["score_threshold"] == 0.5
+    assert config["input_size"] == [320, 320] and config["score_threshold"] == 0.5
     assert config["tracker"]["min_hits"] == 3 and "tracker.min_hits" not in config
     custom = node_params.perceptor_config_dict({**defaults, "detector_model": "/models/hcq.onnx"})
     assert custom["detector_model"] == "/models/hcq.onnx"
@@ -139,7 +139,7 @@ def test_tracker_parameters_match_tracker_config():
 def test_perceptor_config_accepts_the_mapping():
     pipeline = pytest.importorskip("hcq_ros.pipeline", reason="hcq_ros.pipeline (PerceptorConfig) not available")
     config = pipeline.PerceptorConfig.from_dict(node_params.perceptor_config_dict(node_params.load_defaults()))
-    assert list(config.input_size) == [640, 640] and config.tracker["min_hits"] == 3
+    assert list(config.input_size) == [320, 320] and config.tracker["min_hits"] == 3
     live = {SPECS[name].target for name in node_params.RUNTIME_PARAMS if SPECS[name].target}
     assert live <= set(pipeline.RUNTIME_OPTIONS), "live parameters must be changeable by set_runtime_options"
 

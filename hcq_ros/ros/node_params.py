@@ -82,7 +82,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               "the shipped default", target="person_model", empty_is_default=True),
     ParamSpec("engine_cache_dir", "str", "Directory of built TensorRT engines; empty = the default cache",
               target="engine_cache_dir", empty_is_default=True),
-    ParamSpec("input_size", "int_array", "Detector input [width, height] in pixels (letterboxed)", minimum=64,
+    ParamSpec("input_size", "int_array", "Detector input [width, height] in pixels (letterboxed); must match the "
+              "detector export (the shipped ONNX files are 320x320; `hcq-ros export --size W H` for others)", minimum=64,
               maximum=4096, step=32, length=2, target="input_size"),
     ParamSpec("threads", "int", "CPU threads for CPU backends; 0 = library default", minimum=0, maximum=256,
               step=1, target="threads"),
