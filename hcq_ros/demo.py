@@ -47,7 +47,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "torch"])
     parser.add_argument("--detector", type=Path, default=None, help="HCQNet model (default: the shipped one)")
     parser.add_argument("--person", type=Path, default=None, help="PersonNet model (default: the shipped one)")
-    parser.add_argument("--params", type=Path, default=None, metavar="YAML", help="PerceptorConfig settings")
+    parser.add_argument("--params", type=Path, default=None, metavar="YAML",
+                        help="the node's params file (e.g. launch/params.yaml) or a mapping of PerceptorConfig settings")
     parser.add_argument("--json", type=Path, default=None, help="write the summary as JSON here")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -135,15 +136,9 @@ def write_sequence_dataset(args, data_dir: Path) -> None:
 def perceptor_config(args, detector: Path, person: Path | None):
     from hcq_ros.pipeline import PerceptorConfig
 
-    settings: dict = {}
-    if args.params is not None:
-        import yaml
+    from hcq_ros.ros.node_params import load_perceptor_settings
 
-        if not args.params.is_file():
-            raise FileNotFoundError(f"--params file not found: {args.params}")
-        settings = yaml.safe_load(args.params.read_text(encoding="utf-8")) or {}
-        if not isinstance(settings, dict):
-            raise ValueError(f"{args.params}: expected a mapping of PerceptorConfig settings")
+    settings = load_perceptor_settings(args.params) if args.params is not None else {}
     settings.update(backend=args.backend, detector_model=str(detector))
     if person is not None:
         settings["person_model"] = str(person)

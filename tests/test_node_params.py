@@ -171,3 +171,27 @@ def test_docs_parameter_table_in_sync(tmp_path):
     with pytest.raises(ValueError, match="markers"):
         node_params.write_docs(no_markers)
     assert node_params.main(["--params", str(PARAMS_YAML), "--write-docs", str(stale)]) == 0
+
+
+def test_command_line_tools_read_the_node_params_file_or_plain_settings(tmp_path):
+    from hcq_ros.pipeline import PerceptorConfig
+
+    shipped = node_params.load_perceptor_settings(ROOT / "launch" / "params.yaml")
+    config = PerceptorConfig.from_dict(shipped)
+    assert config.score_threshold == 0.5 and list(config.input_size) == [320, 320] and config.tracker["min_hits"] == 3
+    partial = tmp_path / "partial.yaml"      # a ROS params file that sets one parameter; the rest keep the defaults
+    partial.write_text("/**:\n  ros__parameters:\n    score_threshold: 0.25\n")
+    config = PerceptorConfig.from_dict(node_params.load_perceptor_settings(partial))
+    assert config.score_threshold == 0.25 and config.tracker["min_hits"] == 3
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("score_threshold: 0.3\nmax_people: 4\n")
+    assert node_params.load_perceptor_settings(plain) == {"score_threshold": 0.3, "max_people": 4}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("/**:\n  ros__parameters:\n    score_treshold: 0.25\n")
+    with pytest.raises(ValueError, match="unknown parameters \\['score_treshold'\\]"):
+        node_params.load_perceptor_settings(bad)
+    bad.write_text("/**:\n  ros__parameters:\n    score_threshold: 1.5\n")
+    with pytest.raises(ValueError, match="score_threshold"):
+        node_params.load_perceptor_settings(bad)
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        node_params.load_perceptor_settings(tmp_path / "nope.yaml")

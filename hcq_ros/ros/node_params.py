@@ -318,6 +318,34 @@ def perceptor_config_dict(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def load_perceptor_settings(path: Path | str) -> dict[str, Any]:
+    """PerceptorConfig settings for the command-line tools (``--params``) from either
+    - a ROS 2 params file like ``launch/params.yaml`` (``/**: ros__parameters: ...``; parameters it leaves out
+      keep the shipped file's values), so the node's configuration file drives replays and demos too; or
+    - a plain mapping of ``PerceptorConfig`` fields (checked by ``PerceptorConfig.from_dict``).
+    ValueError names an unknown parameter or a bad value; FileNotFoundError the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--params file not found: {path}")
+    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(document, Mapping):
+        raise ValueError(f"{path}: expected a mapping (a ROS params file or PerceptorConfig settings)")
+    blocks = [value["ros__parameters"] for key, value in document.items()
+              if isinstance(value, Mapping) and isinstance(value.get("ros__parameters"), Mapping)
+              and is_node_key(str(key))]
+    if not blocks:
+        return dict(document)
+    values = _flatten(blocks[0])
+    unknown = sorted(set(values) - set(SPECS))
+    if unknown:
+        raise ValueError(f"{path}: unknown parameters {unknown} (see docs/ros2.md)")
+    for name, value in values.items():
+        reason = check_value(name, value)
+        if reason:
+            raise ValueError(f"{path}: {reason}")
+    return perceptor_config_dict({**load_defaults(), **values})
+
+
 def runtime_options(changes: Mapping[str, Any]) -> dict[str, Any]:
     """Changed runtime parameters -> keyword arguments for ``Perceptor.set_runtime_options`` (only the
     Perceptor's; node-level switches such as publish_markers are not included)."""

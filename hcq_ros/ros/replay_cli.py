@@ -34,8 +34,8 @@ def add_perceptor_arguments(parser: argparse.ArgumentParser) -> None:
                        help="detector only: no ReID / attributes / parts (tracking on IoU)")
     group.add_argument("--threads", type=int, default=0, help="CPU threads of the backends (0 = runtime default)")
     group.add_argument("--params", type=Path, metavar="YAML",
-                       help="PerceptorConfig settings (YAML mapping, e.g. the 'perceptor' part of params.yaml); "
-                            "command-line options override it")
+                       help="the node's params file (e.g. launch/params.yaml) or a mapping of PerceptorConfig "
+                            "settings; command-line options override it")
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,16 +66,11 @@ def perceptor_config(args: argparse.Namespace):
     """PerceptorConfig from --params YAML (if any) overridden by the command-line options."""
     from hcq_ros.pipeline import PerceptorConfig
 
+    from hcq_ros.ros.node_params import load_perceptor_settings
+
     data: dict = {}
     if getattr(args, "params", None) is not None:
-        import yaml
-
-        if not args.params.is_file():
-            raise FileNotFoundError(f"--params file not found: {args.params}")
-        loaded = yaml.safe_load(args.params.read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{args.params}: expected a mapping of PerceptorConfig settings")
-        data.update(loaded)
+        data.update(load_perceptor_settings(args.params))
     data.update(backend=args.backend, detector_model=str(args.detector), person_model=str(args.person))
     for name in ("input_size", "score_threshold", "max_people"):
         if getattr(args, name, None) is not None:
