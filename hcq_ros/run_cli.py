@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from hcq_ros.ros.replay_cli import (add_output_arguments, add_perceptor_arguments, build_perceptor, finish,
-                                    message_options, perceptor_config)
+from hcq_ros.ros.replay_cli import (add_output_arguments, add_perceptor_arguments, message_options,
+                                    perceptor_config, run_with_perceptor)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,8 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from hcq_ros.ros.replay import record_source
     from hcq_ros.sources import open_source
 
-    perceptor = None
-    try:
+    def body(open_perceptor):
         if args.out is None and args.video is None:
             raise ValueError("give --out OUT.mcap and/or --video OUT.mp4")
         if args.out is not None and args.out.exists():
@@ -52,19 +51,13 @@ def run(args: argparse.Namespace) -> int:
         source = open_source(args.source, topic=args.topic, frame_id=args.frame_id, fps=args.fps,
                              max_pixels=config.max_image_pixels, max_frames=args.max_frames)
         print(f"source: {source.describe}", file=sys.stderr)
-        perceptor = build_perceptor(args, config)
+        perceptor = open_perceptor(config)
         pace = None
         if args.newest_only and not source.live:
             pace = args.realtime_fps or source.fps or 30.0
-        summary = record_source(source, args.out, perceptor, storage=args.storage, options=message_options(args),
-                                namespace=args.namespace, video_path=args.video, video_fps=source.fps or 15.0,
-                                record_inputs=not args.no_input_images, progress=not args.no_progress,
-                                newest_only=args.newest_only, pace_fps=pace)
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as exc:
-        print(f"hcq-ros run: error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if perceptor is not None:
-            perceptor.close()
-    finish(summary, args, {"backends": perceptor.reasons})
-    return 0
+        return record_source(source, args.out, perceptor, storage=args.storage, options=message_options(args),
+                             namespace=args.namespace, video_path=args.video, video_fps=source.fps or 15.0,
+                             record_inputs=not args.no_input_images, progress=not args.no_progress,
+                             newest_only=args.newest_only, pace_fps=pace)
+
+    return run_with_perceptor("run", args, body)

@@ -188,7 +188,7 @@ def test_command_line_tools_read_the_node_params_file_or_plain_settings(tmp_path
     assert node_params.load_perceptor_settings(plain) == {"score_threshold": 0.3, "max_people": 4}
     bad = tmp_path / "bad.yaml"
     bad.write_text("/**:\n  ros__parameters:\n    score_treshold: 0.25\n")
-    with pytest.raises(ValueError, match="unknown parameters \\['score_treshold'\\]"):
+    with pytest.raises(ValueError, match="unknown: \\['score_treshold'\\]"):
         node_params.load_perceptor_settings(bad)
     bad.write_text("/**:\n  ros__parameters:\n    score_threshold: 1.5\n")
     with pytest.raises(ValueError, match="score_threshold"):

@@ -270,31 +270,45 @@ def is_node_key(key: str) -> bool:
     return key == "/**" or key.rstrip("/").split("/")[-1] == NODE_NAME
 
 
-def load_defaults(path: Optional[Path | str] = None) -> dict[str, Any]:
-    """{parameter name: default} from a ROS 2 params file (``/**: ros__parameters: {...}``), checked
-    against PARAMS: every parameter present, no unknown ones, types and ranges valid. ValueError names the
-    offending key; FileNotFoundError the path."""
-    path = Path(path) if path is not None else default_params_file()
+def _read_params_file(path: Path) -> tuple[dict, Optional[dict[str, Any]]]:
+    """(YAML document, {dotted parameter: value} of this node's ``ros__parameters`` block or None if the file has
+    no such block). Every parameter given must be known and valid: ValueError names the first that is not."""
     if not path.is_file():
         raise FileNotFoundError(f"params file {path} does not exist")
-    document = yaml.safe_load(path.read_text())
+    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(document, Mapping):
         raise ValueError(f"{path}: expected a mapping '<node>: ros__parameters: ...', got {type(document).__name__}")
     blocks = [(key, value) for key, value in document.items()
               if isinstance(value, Mapping) and isinstance(value.get("ros__parameters"), Mapping)]
+    if not blocks:
+        return dict(document), None
     if len(blocks) != 1 or not is_node_key(str(blocks[0][0])):
         raise ValueError(f"{path}: expected exactly one '/**:' or '<ns>/{NODE_NAME}:' block with ros__parameters, "
                          f"found {[key for key, _ in blocks]}")
     values = _flatten(blocks[0][1]["ros__parameters"])
     unknown = sorted(set(values) - set(SPECS))
-    missing = [name for name in SPECS if name not in values]
-    if unknown or missing:
-        raise ValueError(f"{path}: parameters do not match hcq_ros.ros.node_params.PARAMS "
-                         f"(unknown: {unknown}, missing: {missing})")
+    if unknown:
+        raise ValueError(f"{path}: parameters do not match hcq_ros.ros.node_params.PARAMS (unknown: {unknown}; "
+                         "see docs/ros2.md)")
     for name, value in values.items():
         reason = check_value(name, value)
         if reason:
             raise ValueError(f"{path}: {reason}")
+    return dict(document), values
+
+
+def load_defaults(path: Optional[Path | str] = None) -> dict[str, Any]:
+    """{parameter name: default} from a ROS 2 params file (``/**: ros__parameters: {...}``), checked
+    against PARAMS: every parameter present, no unknown ones, types and ranges valid. ValueError names the
+    offending key; FileNotFoundError the path."""
+    path = Path(path) if path is not None else default_params_file()
+    _, values = _read_params_file(path)
+    if values is None:
+        raise ValueError(f"{path}: expected exactly one '/**:' or '<ns>/{NODE_NAME}:' block with ros__parameters, "
+                         "found none")
+    missing = [name for name in SPECS if name not in values]
+    if missing:
+        raise ValueError(f"{path}: parameters do not match hcq_ros.ros.node_params.PARAMS (missing: {missing})")
     return {name: normalize(SPECS[name], values[name]) for name in SPECS}
 
 
@@ -327,22 +341,9 @@ def load_perceptor_settings(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--params file not found: {path}")
-    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(document, Mapping):
-        raise ValueError(f"{path}: expected a mapping (a ROS params file or PerceptorConfig settings)")
-    blocks = [value["ros__parameters"] for key, value in document.items()
-              if isinstance(value, Mapping) and isinstance(value.get("ros__parameters"), Mapping)
-              and is_node_key(str(key))]
-    if not blocks:
-        return dict(document)
-    values = _flatten(blocks[0])
-    unknown = sorted(set(values) - set(SPECS))
-    if unknown:
-        raise ValueError(f"{path}: unknown parameters {unknown} (see docs/ros2.md)")
-    for name, value in values.items():
-        reason = check_value(name, value)
-        if reason:
-            raise ValueError(f"{path}: {reason}")
+    document, values = _read_params_file(path)
+    if values is None:
+        return document
     return perceptor_config_dict({**load_defaults(), **values})
 
 

@@ -108,25 +108,39 @@ def finish(summary, args: argparse.Namespace, extra: dict | None = None) -> None
         print(f"summary written to {args.json}")
 
 
-def run(args: argparse.Namespace) -> int:
-    from hcq_ros.ros.replay import replay_bag
+def run_with_perceptor(command: str, args: argparse.Namespace, body) -> int:
+    """The shared frame of ``replay`` and ``run``: ``body(open_perceptor) -> summary``, where
+    ``open_perceptor(config)`` builds the Perceptor (closed here whatever happens). A bad input or setting is one
+    "hcq-ros COMMAND: error: ..." line and exit status 2; otherwise the summary is printed (``finish``) and 0."""
+    opened = []
 
-    perceptor = None
+    def open_perceptor(config):
+        opened.append(build_perceptor(args, config))
+        return opened[-1]
+
     try:
-        if args.output.exists():
-            raise FileExistsError(f"{args.output} exists; rosbag2 bags are never overwritten, choose a new path")
-        from hcq_ros.sources import BagSource
-        config = perceptor_config(args)
-        BagSource(args.input, topic=args.topic)  # a bad input fails before any model is loaded
-        perceptor = build_perceptor(args, config)
-        summary = replay_bag(args.input, args.output, perceptor, topic=args.topic, storage=args.storage,
-                             options=message_options(args), namespace=args.namespace, video_path=args.video,
-                             video_fps=args.video_fps, progress=not args.no_progress)
+        summary = body(open_perceptor)
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as exc:
-        print(f"hcq-ros replay: error: {exc}", file=sys.stderr)
+        print(f"hcq-ros {command}: error: {exc}", file=sys.stderr)
         return 2
     finally:
-        if perceptor is not None:
+        for perceptor in opened:
             perceptor.close()
-    finish(summary, args, {"backends": perceptor.reasons})
+    finish(summary, args, {"backends": opened[0].reasons})
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from hcq_ros.ros.replay import replay_bag
+    from hcq_ros.sources import BagSource
+
+    def body(open_perceptor):
+        if args.output.exists():
+            raise FileExistsError(f"{args.output} exists; rosbag2 bags are never overwritten, choose a new path")
+        config = perceptor_config(args)
+        BagSource(args.input, topic=args.topic)  # a bad input fails before any model is loaded
+        return replay_bag(args.input, args.output, open_perceptor(config), topic=args.topic, storage=args.storage,
+                          options=message_options(args), namespace=args.namespace, video_path=args.video,
+                          video_fps=args.video_fps, progress=not args.no_progress)
+
+    return run_with_perceptor("replay", args, body)

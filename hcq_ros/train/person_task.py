@@ -184,6 +184,11 @@ class PersonTask:
     """The Trainer task (see ``hcq_ros.train.trainer``) for PersonNet; the YAML layout is in the module doc."""
     HEADLINE_METRICS = ("reid_mAP", "reid_rank1", "attr_acc", "parts_mIoU", "pose_PCK")
 
+    @staticmethod
+    def architecture_mismatches(theirs: dict, ours: dict) -> list[str]:
+        """The whole ``model:`` section is architecture for PersonNet (its losses live under ``loss:``)."""
+        return [] if theirs == ours else [f"model config {theirs} != {ours}"]
+
     def __init__(self, config: dict, out_dir: str | Path):
         self.config, self.out = config, Path(out_dir)
         self.data = dict(config.get("data") or {})

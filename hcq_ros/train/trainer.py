@@ -136,14 +136,12 @@ class Trainer:
         return True
 
     def _architecture_mismatches(self, ckpt: dict) -> list[str]:
-        """What differs between the checkpoint's network and this run's. Tasks with loss settings inside their
-        model config (HCQNet) compare architectures only (``task.architecture_mismatches``), so a run can
-        continue under other loss weights; otherwise the whole model config must match."""
+        """What differs between the checkpoint's network and this run's (``task.architecture_mismatches``: loss
+        settings inside HCQNet's model config may differ, so a run can continue under other loss weights)."""
         theirs, ours = (ckpt.get("config") or {}).get("model"), self.config_dump.get("model")
-        compare = getattr(self.task, "architecture_mismatches", None)
-        if compare is not None and theirs is not None:
-            return compare(theirs, ours)
-        return [] if theirs == ours else [f"model config {theirs} != {ours}"]
+        if theirs is None:
+            return ["the checkpoint records no model config"]
+        return self.task.architecture_mismatches(theirs, ours)
 
     def _init_backbone(self, path: Path) -> str:
         """Copy ``backbone.*`` weights from a checkpoint into the fresh model (the rest stays random, the
