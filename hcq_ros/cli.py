@@ -22,6 +22,8 @@ COMMANDS = {
                         "PersonNet ablation, equal budgets -> docs/person_ablation.md"),
     "run": ("hcq_ros.run_cli", "video / image folder / camera / bag -> tracked people (MCAP + video)"),
     "replay": ("hcq_ros.ros.replay_cli", "rosbag2 in -> rosbag2 out with the perception topics"),
+    "calibrate": ("hcq_ros.evaluation.calibrate",
+                  "choose score and tracker thresholds for a detector from IDF1 on SynthHumans sequences"),
     "bench": ("hcq_ros.bench_cli", "per-stage latency, FPS and memory of the pipeline per backend/threads/size/people"),
 }
 

@@ -48,7 +48,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--detector", type=Path, default=None, help="HCQNet model (default: the shipped one)")
     parser.add_argument("--person", type=Path, default=None, help="PersonNet model (default: the shipped one)")
     parser.add_argument("--params", type=Path, default=None, metavar="YAML",
-                        help="the node's params file (e.g. launch/params.yaml) or a mapping of PerceptorConfig settings")
+                        help="a node params file or a mapping of PerceptorConfig settings (default: the shipped "
+                             "launch/params.yaml)")
     parser.add_argument("--json", type=Path, default=None, help="write the summary as JSON here")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -138,7 +139,7 @@ def perceptor_config(args, detector: Path, person: Path | None):
 
     from hcq_ros.ros.node_params import load_perceptor_settings
 
-    settings = load_perceptor_settings(args.params) if args.params is not None else {}
+    settings = load_perceptor_settings(args.params)
     settings.update(backend=args.backend, detector_model=str(detector))
     if person is not None:
         settings["person_model"] = str(person)

@@ -32,7 +32,9 @@ RUNTIME_OPTIONS = ("score_threshold", "mask_threshold", "max_people", "enable_pe
 class PerceptorConfig:
     """backend: auto | tensorrt | onnxruntime | torch. detector_model / person_model: any file of the model's
     family (``<stem>.pt``, ``.onnx``, ``.trt.onnx``); the backend picks its sibling. input_size: (W, H) of the
-    detector input (the exported size). max_image_pixels: larger frames are rejected (dropped) with a reason."""
+    detector input (the exported size). max_image_pixels: larger frames are rejected (dropped) with a reason.
+    The defaults here are generic; the product's settings (thresholds calibrated for the shipped detector) are
+    launch/params.yaml: ``PerceptorConfig.from_dict(hcq_ros.ros.node_params.load_perceptor_settings())``."""
     backend: str = "auto"
     detector_model: str = "engines/hcq_small.onnx"
     person_model: str = "engines/person_small.onnx"

@@ -58,3 +58,43 @@ def tiny_hcq_train_config(**train) -> dict:
         "train": {"iterations": 4, "lr": 1e-3, "warmup": 1, "checkpoint_every": 2, "eval_every": 4, "log_every": 1,
                   "bf16": True, "threads": 1, **train},
     }
+
+
+class GroundTruthPerceptor:
+    """Stand-in for Perceptor that returns the ground truth of the frame it is given (found by sequence name =
+    frame_id and stamp): a perfect detector + tracker."""
+
+    def __init__(self, data_dir, fps: float = 25.0):
+        from hcq_ros.evaluation.coco_eval import load_coco_gt
+        from hcq_ros.pipeline import PerceptorConfig
+
+        self.coco = load_coco_gt(data_dir / "annotations" / "person_keypoints.json")
+        self.by_frame = {(i["sequence"], i["frame"]): i["id"] for i in self.coco.imgs.values()}
+        self.fps = fps
+        self.config = PerceptorConfig()
+        self.reasons = {"detector": "ground truth"}
+
+    def reset(self) -> None:
+        pass
+
+    def process(self, image, stamp_ns: int, frame_id: str):
+        import numpy as np
+
+        from hcq_ros.result import Person, PersonFrame, box_grid
+
+        frame = int(round(stamp_ns * self.fps / 1e9)) + 1
+        image_id = self.by_frame[(frame_id, frame)]
+        persons = []
+        for ann in self.coco.imgToAnns[image_id]:
+            x, y, w, h = ann["bbox"]
+            box = np.array([x, y, x + w, y + h], np.float32)
+            gx, gy, gw, gh = box_grid(box)
+            full = np.pad(self.coco.annToMask(ann).astype(bool), ((0, gh), (0, gw)))
+            kps = np.asarray(ann["keypoints"], np.float32).reshape(17, 3)
+            labelled = kps[:, 2] > 0
+            kps[:, 2] = labelled
+            if not labelled.any():  # COCOeval matches such people by box: joints at the box centre
+                kps[:] = (x + w / 2, y + h / 2, 0.0)
+            persons.append(Person(track_id=ann["track_id"], score=1.0, box=box, keypoints=kps,
+                                  mask=full[gy:gy + gh, gx:gx + gw]))
+        return PersonFrame(stamp_ns, frame_id, (image.shape[1], image.shape[0]), persons)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from hcq_ros.models.hcq import PRESETS, HCQConfig, HCQNet, flops_by_module, load_checkpoint, save_checkpoint
+from hcq_ros.models.hcq import PRESETS, QUERY_INITS, HCQConfig, HCQNet, flops_by_module, load_checkpoint, save_checkpoint
 from hcq_ros.models.heads import canonical_to_image, corners_to_xyxy, image_to_canonical, sine_embed
 from hcq_ros.models.postprocess import HCQPostProcess
 
@@ -23,10 +23,11 @@ def images() -> torch.Tensor:
     return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
+@pytest.mark.parametrize("query_init", QUERY_INITS)
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_forward_shapes_for_every_preset(preset, images):
+def test_forward_shapes_for_every_preset(preset, query_init, images):
     torch.manual_seed(0)
-    model = HCQNet(tiny(preset)).train()
+    model = HCQNet(tiny(preset, query_init=query_init)).train()
     out = model(images)
     assert out["pred_logits"].shape == (2, 10, 1)
     assert out["pred_boxes"].shape == (2, 10, 4)
@@ -42,10 +43,17 @@ def test_forward_shapes_for_every_preset(preset, images):
         assert out["pred_kpt_sigma"].shape == (2, 10, 17, 2)
         assert torch.all((out["pred_kpt_sigma"] > 0) & (out["pred_kpt_sigma"] < 1))
     assert len(out["aux_outputs"]) == 1
-    assert set(out["aux_outputs"][0]) == set(out) - {"aux_outputs"}
+    assert set(out["aux_outputs"][0]) == set(out) - {"aux_outputs", "enc_outputs"}
+    if query_init == "encoder":   # one proposal per memory token: 8x8 + 4x4 + 2x2 at 64x64
+        assert out["enc_outputs"]["pred_logits"].shape == (2, 84, 1)
+        assert out["enc_outputs"]["pred_boxes"].shape == (2, 84, 4)
+        assert model.decoder.query_corners is None
+    else:
+        assert "enc_outputs" not in out and model.query_selection is None
     model.eval()
     with torch.no_grad():
-        assert model(images)["aux_outputs"] == []
+        evaluated = model(images)
+    assert evaluated["aux_outputs"] == [] and "enc_outputs" not in evaluated
 
 
 def test_presets_turn_on_the_documented_switches():
@@ -88,7 +96,7 @@ def test_sine_embed_distinguishes_coordinates():
 
 def test_iterative_refinement_changes_keypoints_between_layers(images):
     torch.manual_seed(1)
-    model = HCQNet(tiny("hcqnet", dec_layers=3)).train()
+    model = HCQNet(tiny("hcqnet", dec_layers=3, query_init="learned")).train()
     for head in (*model.box_heads, *model.pose_heads):                      # as after some training
         torch.nn.init.normal_(head.mlp.last.weight, std=0.05)
     out = model(images)
@@ -259,3 +267,49 @@ def test_pixel_decoder_rejects_bad_query_levels():
         MSDeformPixelDecoder({"res2": 8, "res3": 8, "res4": 8, "res5": 8}, 32, 16, 1, 4, 2, 64, query_levels=4)
     with pytest.raises(ValueError, match="enc_query_levels"):
         HCQConfig.preset("hcqnet", "small", enc_query_levels=0).validate()
+
+
+def test_encoder_query_selection_takes_the_best_proposals(images):
+    from hcq_ros.models.query_selection import EncoderQuerySelection, anchor_corners
+
+    anchors = anchor_corners([(4, 4), (2, 2)], 0.1, "cpu", torch.float32)
+    assert anchors.shape == (20, 2, 2) and torch.all(anchors[:, 0] < anchors[:, 1])
+    # level 0: width 0.1, height 0.2 around the first pixel centre (0.125, 0.125); level 1 twice as large
+    torch.testing.assert_close(anchors[0], torch.tensor([[0.075, 0.025], [0.175, 0.225]]))
+    torch.testing.assert_close(anchors[16, 1] - anchors[16, 0], torch.tensor([0.2, 0.4]))
+
+    selection = EncoderQuerySelection(8)
+    memory = torch.randn(2, 20, 8, requires_grad=True)
+    out = selection(memory, [(4, 4), (2, 2)], k=5)
+    best = out["enc_logits"][..., 0].topk(5, dim=1).indices
+    assert torch.equal(out["index"], best)
+    boxes = out["enc_boxes"].reshape(2, 20, 2, 2)
+    torch.testing.assert_close(out["corners"], torch.stack([boxes[b, best[b]] for b in range(2)]))
+    assert not out["corners"].requires_grad   # references are detached, as between decoder layers
+    # untrained box head: the proposals are the anchors
+    own = anchor_corners([(4, 4), (2, 2)], selection.anchor_size, "cpu", torch.float32)
+    torch.testing.assert_close(boxes[0], own, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="needs >= 30 memory tokens"):
+        selection(memory, [(4, 4), (2, 2)], k=30)
+    model = HCQNet(tiny("hcqnet", query_init="encoder", num_queries=90))   # 84 tokens at 64x64
+    with pytest.raises(ValueError, match="use a larger input"):
+        model(images)
+
+
+def test_encoder_queries_start_from_the_selected_boxes(images):
+    torch.manual_seed(0)
+    model = HCQNet(tiny("hcqnet", query_init="encoder")).eval()
+    captured = {}
+    original = model.decoder.initial_state
+
+    def spy(batch, corners=None):
+        captured["corners"] = corners
+        return original(batch, corners)
+    model.decoder.initial_state = spy
+    with torch.no_grad():
+        model(images)
+        memory = model.pixel_decoder(model.backbone(images))
+        expected = model.query_selection(memory["memory"], memory["level_shapes"], 10)["corners"]
+    torch.testing.assert_close(captured["corners"], expected)
+    with pytest.raises(ValueError, match="needs the selected proposal corners"):
+        original(2)

@@ -7,14 +7,17 @@ import math
 import pytest
 import torch
 
-from hcq_ros.models.hcq import PRESETS, HCQConfig, HCQNet
+from hcq_ros.models.hcq import PRESETS, QUERY_INITS, HCQConfig, HCQNet
 from hcq_ros.train import HCQCriterion, HungarianMatcher, build_criterion
 from hcq_ros.train.rle import RealNVP2D, RLELoss
 
 TINY = dict(d_model=32, mask_dim=32, enc_layers=2, dec_layers=2, num_queries=10, ffn_dim=64, mask_points=256)
 # Parameters that get no gradient at initialisation by design: the backbone blocks behind a zero-initialised
 # last norm (identity blocks) and inputs of attention layers whose offset/weight projections start at zero.
-ZERO_GRAD_AT_INIT = ("backbone.", "pixel_decoder.level_embed")
+# The proposal box head's last layer starts at zero (proposals = anchors), so the layers before it get none either.
+ZERO_GRAD_AT_INIT = ("backbone.", "pixel_decoder.level_embed", "query_selection.box_head.layers.0",
+                     "query_selection.box_head.layers.1")
+ENCODER_LOSSES = {"loss_class_enc", "loss_box_enc", "loss_giou_enc"}
 
 
 def tiny(preset: str = "hcqnet", **overrides) -> HCQConfig:
@@ -46,16 +49,18 @@ def make_target(boxes, size=64, seed=0) -> dict:
 PEOPLE = [(0.1, 0.1, 0.4, 0.9), (0.55, 0.3, 0.9, 0.8)]
 
 
+@pytest.mark.parametrize("query_init", QUERY_INITS)
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_finite_losses_and_gradients_for_every_preset(preset):
+def test_finite_losses_and_gradients_for_every_preset(preset, query_init):
     torch.manual_seed(0)
-    config = tiny(preset)
+    config = tiny(preset, query_init=query_init)
     model, criterion = HCQNet(config).train(), build_criterion(config)
     images = torch.randn(2, 3, 64, 64)
     losses = criterion(model(images), [make_target(PEOPLE), make_target([])])   # one image without people
     expected = {"loss", "loss_class", "loss_mask", "loss_dice", "loss_box"} | (
         {"loss_pose"} if config.with_pose else set())
-    assert expected | {k + "_aux0" for k in expected - {"loss"}} == set(losses)
+    encoder = ENCODER_LOSSES if query_init == "encoder" else set()
+    assert expected | {k + "_aux0" for k in expected - {"loss"}} | encoder == set(losses)
     assert all(torch.isfinite(v) for v in losses.values())
     losses["loss"].backward()
     for name, p in [*model.named_parameters(), *(("criterion." + n, p) for n, p in criterion.named_parameters())]:
@@ -69,6 +74,8 @@ def test_finite_losses_and_gradients_for_every_preset(preset):
     out["pred_logits"].retain_grad()
     losses = criterion(out, [make_target([])])
     assert losses["loss_class"] > 0 and losses["loss_mask"] == 0 and losses["loss_box"] == 0
+    if encoder:
+        assert losses["loss_class_enc"] > 0 and losses["loss_box_enc"] == 0 and losses["loss_giou_enc"] == 0
     losses["loss"].backward()
     assert (out["pred_logits"].grad > 0).all()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
@@ -173,3 +180,26 @@ def test_a_few_steps_on_one_batch_reduce_the_loss():
         history.append(loss.item())
     assert all(math.isfinite(v) for v in history)
     assert sum(history[-3:]) / 3 < 0.85 * sum(history[:3]) / 3
+
+
+def test_encoder_proposals_are_matched_one_to_many():
+    config = tiny("hcqnet", query_init="encoder", enc_repeats=3)
+    criterion = build_criterion(config)
+    target = make_target(PEOPLE)
+    s = 20
+    logits = torch.full((1, s, 1), -4.0)
+    boxes = torch.tensor([[0.0, 0.0, 0.05, 0.05]]).repeat(1, s, 1)             # far from everyone
+    boxes[0, :3] = torch.tensor(PEOPLE[0])                                    # three exact proposals each
+    boxes[0, 3:6] = torch.tensor(PEOPLE[1])
+    logits[0, :6] = 4.0
+    exact = criterion.encoder_losses({"pred_logits": logits, "pred_boxes": boxes}, [target], num_people=2.0)
+    assert exact["loss_box_enc"] < 1e-6 and exact["loss_giou_enc"] < 1e-6
+    indices = criterion.enc_matcher({"pred_logits": logits, "pred_boxes": boxes},
+                                    [{"boxes": target["boxes"].repeat(3, 1)}])
+    assert sorted(indices[0][0].tolist()) == list(range(6))                   # 2 people x 3 repeats
+    shifted = boxes.clone()
+    shifted[0, :6] += 0.05
+    worse = criterion.encoder_losses({"pred_logits": logits, "pred_boxes": shifted}, [target], num_people=2.0)
+    assert worse["loss_box_enc"] > 0.1 and worse["loss_giou_enc"] > exact["loss_giou_enc"]
+    with pytest.raises(ValueError, match="enc_repeats"):
+        HCQCriterion(HungarianMatcher(), with_pose=True, enc_repeats=0)

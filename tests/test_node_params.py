@@ -117,7 +117,7 @@ def test_perceptor_config_mapping():
     # node-level parameters stay in the node; empty model paths leave the PerceptorConfig default in place
     assert "publish_markers" not in config and "image_transport" not in config
     assert "detector_model" not in config and "engine_cache_dir" not in config
-    assert config["input_size"] == [320, 320] and config["score_threshold"] == 0.5
+    assert config["input_size"] == [320, 320] and config["score_threshold"] == defaults["score_threshold"]
     assert config["tracker"]["min_hits"] == 3 and "tracker.min_hits" not in config
     custom = node_params.perceptor_config_dict({**defaults, "detector_model": "/models/hcq.onnx"})
     assert custom["detector_model"] == "/models/hcq.onnx"
@@ -125,15 +125,23 @@ def test_perceptor_config_mapping():
     assert options == {"score_threshold": 0.7, "enable_parts": False}
 
 
+CALIBRATED = {"high_score", "low_score", "new_track_score"}   # set for the shipped detector by hcq-ros calibrate
+
+
 def test_tracker_parameters_match_tracker_config():
     from hcq_ros.tracking.tracker import TrackerConfig
     defaults = node_params.load_defaults(PARAMS_YAML)
-    tracker = node_params.perceptor_config_dict(defaults)["tracker"]
+    settings = node_params.perceptor_config_dict(defaults)
+    tracker = settings["tracker"]
     config = TrackerConfig.from_dict(tracker)  # every tracker.* name is a TrackerConfig field
     field_defaults = {f.name: f.default for f in dataclasses.fields(TrackerConfig)}
+    assert CALIBRATED <= set(tracker) <= set(field_defaults)
     for name, value in tracker.items():
-        assert value == field_defaults[name], f"params.yaml tracker.{name} differs from TrackerConfig's default"
         assert getattr(config, name) == value
+        if name not in CALIBRATED:
+            assert value == field_defaults[name], f"params.yaml tracker.{name} differs from TrackerConfig's default"
+    # what hcq-ros calibrate writes: every published detection may extend a track (ByteTrack's second stage)
+    assert tracker["low_score"] == settings["score_threshold"] <= tracker["high_score"] <= tracker["new_track_score"]
 
 
 def test_perceptor_config_accepts_the_mapping():
@@ -162,7 +170,7 @@ def test_docs_parameter_table_in_sync(tmp_path):
     for spec in PARAMS:
         assert f"| `{spec.name}` |" in text
     stale = tmp_path / "ros2.md"
-    stale.write_text(text.replace("| `score_threshold` | float | `0.5`", "| `score_threshold` | float | `0.9`"))
+    stale.write_text(text.replace("| `mask_threshold` | float | `0.5`", "| `mask_threshold` | float | `0.9`"))
     assert node_params.write_docs(stale) is True
     assert stale.read_text() == text
     assert node_params.write_docs(stale) is False  # idempotent
@@ -178,7 +186,10 @@ def test_command_line_tools_read_the_node_params_file_or_plain_settings(tmp_path
 
     shipped = node_params.load_perceptor_settings(ROOT / "launch" / "params.yaml")
     config = PerceptorConfig.from_dict(shipped)
-    assert config.score_threshold == 0.5 and list(config.input_size) == [320, 320] and config.tracker["min_hits"] == 3
+    file_threshold = node_params.load_defaults(PARAMS_YAML)["score_threshold"]
+    assert config.score_threshold == file_threshold and list(config.input_size) == [320, 320]
+    assert config.tracker["min_hits"] == 3
+    assert node_params.load_perceptor_settings(None) == shipped   # no --params: the node's own settings
     partial = tmp_path / "partial.yaml"      # a ROS params file that sets one parameter; the rest keep the defaults
     partial.write_text("/**:\n  ros__parameters:\n    score_threshold: 0.25\n")
     config = PerceptorConfig.from_dict(node_params.load_perceptor_settings(partial))

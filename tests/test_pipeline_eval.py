@@ -13,14 +13,14 @@ import yaml
 from hcq_ros.cli import main
 from hcq_ros.data.formats.mot import read_mot_sequence
 from hcq_ros.evaluation.cli import evaluate_paths
-from hcq_ros.evaluation.coco_eval import load_coco_gt
 from hcq_ros.evaluation.pipeline_eval import evaluate_pipeline, mot_rows, retrack, run_sequences
 from hcq_ros.evaluation.soak import TINY_SETTINGS, tiny_config
-from hcq_ros.pipeline import Perceptor, PerceptorConfig
-from hcq_ros.result import Person, PersonFrame, box_grid
+from hcq_ros.pipeline import Perceptor
 from hcq_ros.tracking.tracker import TrackerConfig
 
-# pycocotools' annToMask (ground-truth stand-in below) trips NumPy 2's copy-keyword deprecation
+from helpers import GroundTruthPerceptor
+
+# pycocotools' annToMask (in the ground-truth stand-in) trips NumPy 2's copy-keyword deprecation
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")
 
 
@@ -32,39 +32,6 @@ def data(tmp_path_factory):
                  "--max-people", "4", "--no-progress"]) == 0
     tiny_config(root / "models")
     return root, root / "seq", root / "models"
-
-
-class GroundTruthPerceptor:
-    """Stand-in for Perceptor that returns the ground truth of the frame it is given (found by sequence name =
-    frame_id and stamp): a perfect detector + tracker."""
-
-    def __init__(self, data_dir, fps: float = 25.0):
-        self.coco = load_coco_gt(data_dir / "annotations" / "person_keypoints.json")
-        self.by_frame = {(i["sequence"], i["frame"]): i["id"] for i in self.coco.imgs.values()}
-        self.fps = fps
-        self.config = PerceptorConfig()
-        self.reasons = {"detector": "ground truth"}
-
-    def reset(self) -> None:
-        pass
-
-    def process(self, image, stamp_ns: int, frame_id: str) -> PersonFrame:
-        frame = int(round(stamp_ns * self.fps / 1e9)) + 1
-        image_id = self.by_frame[(frame_id, frame)]
-        persons = []
-        for ann in self.coco.imgToAnns[image_id]:
-            x, y, w, h = ann["bbox"]
-            box = np.array([x, y, x + w, y + h], np.float32)
-            gx, gy, gw, gh = box_grid(box)
-            full = np.pad(self.coco.annToMask(ann).astype(bool), ((0, gh), (0, gw)))
-            kps = np.asarray(ann["keypoints"], np.float32).reshape(17, 3)
-            labelled = kps[:, 2] > 0
-            kps[:, 2] = labelled
-            if not labelled.any():  # COCOeval matches such people by box: joints at the box centre
-                kps[:] = (x + w / 2, y + h / 2, 0.0)
-            persons.append(Person(track_id=ann["track_id"], score=1.0, box=box, keypoints=kps,
-                                  mask=full[gy:gy + gh, gx:gx + gw]))
-        return PersonFrame(stamp_ns, frame_id, (image.shape[1], image.shape[0]), persons)
 
 
 def test_ground_truth_perceptor_scores_perfectly(data, tmp_path):

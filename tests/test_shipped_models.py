@@ -15,7 +15,9 @@ DETECTOR = ENGINES / "hcq_small.pt"
 # On the `sequences` folder below, person_small at iteration 9000 scored reid_mAP 0.99, rank-1 1.00, attributes
 # 0.69, parts 0.33, PCK 0.67; the same network with random weights 0.29 / 0.00 / 0.47 / 0.02 / 0.19.
 PERSON_FLOORS = {"reid_mAP": 0.75, "reid_rank1": 0.80, "attr_acc": 0.55, "parts_mIoU": 0.20, "pose_PCK": 0.50}
-DETECTOR_FLOORS = {"bbox_AP": 0.20, "segm_AP": 0.15, "keypoints_AP": 0.10}   # to be set from hcq_small's figures
+# hcq_small at iteration 6000 (the interim file) scored bbox AP 0.091, segm AP 0.041, keypoints AP 0.000 on the
+# `images` folder below. Its joints are not yet good enough for any keypoints floor; raise these with the next file.
+DETECTOR_FLOORS = {"bbox_AP": 0.05, "segm_AP": 0.02}
 
 
 def _shipped(path: Path):
@@ -64,8 +66,13 @@ def test_shipped_detector_finds_nobody_in_scenes_without_people():
     from hcq_ros.data.synth import SceneConfig, generate_image
     from hcq_ros.pipeline import Perceptor, PerceptorConfig
 
-    perceptor = Perceptor(PerceptorConfig(backend="torch", detector_model=str(DETECTOR), person_model=str(PERSON),
-                                          input_size=(256, 256), threads=1))
+    from hcq_ros.ros.node_params import load_perceptor_settings
+
+    product = load_perceptor_settings()            # launch/params.yaml: the calibrated thresholds
+    perceptor = Perceptor(PerceptorConfig.from_dict({**product, "backend": "torch", "detector_model": str(DETECTOR),
+                                                     "person_model": str(PERSON), "input_size": (256, 256),
+                                                     "threads": 1}))
+    assert perceptor.config.score_threshold == product["score_threshold"]
     try:
         for seed in range(8):
             sample = generate_image(seed, SceneConfig(width=256, height=256, min_people=0, max_people=0))

@@ -127,3 +127,33 @@ def test_init_backbone_copies_only_the_backbone_and_checks_it_fits(tmp_path):
         _train(cfg, tmp_path / "third", "--iterations", "1", "--set", f"train.init_backbone={bad}")
     with pytest.raises(FileNotFoundError, match="init_backbone"):
         _train(cfg, tmp_path / "fourth", "--iterations", "1", "--set", f"train.init_backbone={tmp_path / 'no.pt'}")
+
+
+def test_init_weights_warm_starts_an_extended_model(tmp_path, capsys):
+    """A run with learned references seeds a run with encoder query selection: every shared tensor is copied, the
+    proposal heads are new and named."""
+    learned = tmp_path / "learned.yaml"
+    config = json.loads(json.dumps(TINY))
+    config["model"].setdefault("overrides", {})["query_init"] = "learned"
+    learned.write_text(yaml.safe_dump(config))
+    first = tmp_path / "first"
+    assert _train(learned, first, "--iterations", "2", "--set", "train.eval_every=0") == 0
+    source = torch.load(first / "last.pt", weights_only=False)["model"]
+    cfg = _write_config(tmp_path)            # the profile's query_init: "encoder"
+    second = tmp_path / "second"
+    capsys.readouterr()
+    assert _train(cfg, second, "--iterations", "1", "--set", "train.eval_every=0", "--set", "train.lr=0.0",
+                  "--set", f"train.init_weights={first / 'last.pt'}") == 0
+    printed = capsys.readouterr().out
+    assert "initialised from" in printed and "new (" in printed and "query_selection" in printed
+    ckpt = torch.load(second / "last.pt", weights_only=False)["model"]
+    shared = [k for k in ckpt if k in source and source[k].shape == ckpt[k].shape and source[k].is_floating_point()]
+    assert len(shared) > 100 and all(torch.equal(ckpt[k], source[k]) for k in shared)
+    assert any(k.startswith("query_selection.") for k in ckpt) and "decoder.query_corners" in source
+    with pytest.raises(ValueError, match="exclusive"):
+        _train(cfg, tmp_path / "third", "--iterations", "1", "--set", f"train.init_weights={first / 'last.pt'}",
+               "--set", f"train.init_backbone={first / 'last.pt'}")
+    empty = tmp_path / "empty.pt"
+    torch.save({"model": {"nothing.weight": torch.zeros(1)}}, empty)
+    with pytest.raises(ValueError, match="no tensor"):
+        _train(cfg, tmp_path / "fourth", "--iterations", "1", "--set", f"train.init_weights={empty}")

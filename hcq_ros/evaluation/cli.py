@@ -60,7 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="HCQNet model, any file of its family (default engines/hcq_small.onnx)")
     group.add_argument("--person", default="engines/person_small.onnx", metavar="MODEL",
                        help="PersonNet model (default engines/person_small.onnx)")
-    group.add_argument("--params", type=Path, metavar="YAML", help="PerceptorConfig settings (YAML mapping)")
+    group.add_argument("--params", type=Path, metavar="YAML",
+                       help="a node params file or a mapping of PerceptorConfig settings (default: the shipped "
+                            "launch/params.yaml)")
     group.add_argument("--score-threshold", type=float, default=None, help="Perceptor score threshold")
     group.add_argument("--tracker-ablation", action="store_true",
                        help="also track the cached detections with IoU only / + ReID / + re-identification")
@@ -183,15 +185,9 @@ def evaluate_pipeline_args(args: argparse.Namespace) -> dict:
 
     from .pipeline_eval import evaluate_pipeline
 
-    settings: dict = {}
-    if args.params is not None:
-        import yaml
+    from hcq_ros.ros.node_params import load_perceptor_settings
 
-        if not args.params.is_file():
-            raise FileNotFoundError(f"--params file not found: {args.params}")
-        settings = yaml.safe_load(args.params.read_text(encoding="utf-8")) or {}
-        if not isinstance(settings, dict):
-            raise ValueError(f"{args.params}: expected a mapping of PerceptorConfig settings")
+    settings = load_perceptor_settings(args.params)
     settings.update(backend=args.backend, detector_model=str(args.detector), person_model=str(args.person))
     if args.input_size is not None:
         settings["input_size"] = args.input_size

@@ -29,12 +29,14 @@ from hcq_ros.models.heads import (CANONICAL_POSE_TEMPLATE, MLP, NUM_JOINTS, BoxH
                                   PoseHead, canonical_to_image, corners_to_cxcywh, corners_to_xyxy,
                                   inverse_sigmoid, sine_embed)
 from hcq_ros.models.pixel_decoder import MSDeformPixelDecoder
+from hcq_ros.models.query_selection import EncoderQuerySelection
 from hcq_ros.ops.ms_deform_attn import MSDeformAttn
 
 TASKS = ("det_seg", "det_pose_seg")
 POSE_SPACES = ("canonical", "image")
 REGRESSION_LOSSES = ("rle", "l1")
 CLASS_LOSSES = ("bce", "focal")
+QUERY_INITS = ("learned", "encoder")
 
 
 @dataclass
@@ -42,6 +44,8 @@ class HCQConfig:
     """Everything that defines an HCQNet and its training losses. Build one with ``HCQConfig.preset``.
 
     Architecture: profile ("small" | "base" backbone), backbone_norm, d_model, mask_dim, num_queries,
+    query_init ("learned": each query's reference box is a parameter, as the paper; "encoder": the K best
+    proposals of the encoder memory, see ``query_selection``),
     enc_layers, enc_query_levels (how many of the coarsest levels are encoder queries; see pixel_decoder),
     dec_layers, n_heads, ffn_dim, dropout, enc_points (per head per level, encoder),
     dec_offset_points (offset points per head per level, decoder; each head also samples ceil(17 / n_heads)
@@ -51,7 +55,8 @@ class HCQConfig:
     Losses (not architecture; ignored by checkpoint comparison): class_loss, *_weight, no_object_weight
     (weight of unmatched queries in the BCE class loss), mask_points (points sampled per mask),
     box_l1_weight / pose_l1_weight (used instead of box_weight / pose_weight with the "l1" option),
-    giou_weight (0 = off), match_* (matcher cost weights; class + mask by default, box L1 optional).
+    giou_weight (0 = off), match_* (matcher cost weights; class + mask by default, box L1 optional),
+    enc_repeats (query_init "encoder": each person is matched to this many proposals).
     """
 
     profile: str = "small"
@@ -59,6 +64,7 @@ class HCQConfig:
     d_model: int = 128
     mask_dim: int = 64
     num_queries: int = 50
+    query_init: str = "learned"
     enc_layers: int = 3
     enc_query_levels: int = 3
     dec_layers: int = 3
@@ -89,10 +95,11 @@ class HCQConfig:
     match_mask_weight: float = 5.0
     match_dice_weight: float = 5.0
     match_box_weight: float = 0.0
+    enc_repeats: int = 4
 
     LOSS_FIELDS = ("class_loss", "class_weight", "mask_weight", "dice_weight", "box_weight", "pose_weight",
                    "box_l1_weight", "pose_l1_weight", "giou_weight", "no_object_weight", "mask_points",
-                   "match_class_weight", "match_mask_weight", "match_dice_weight", "match_box_weight")
+                   "match_class_weight", "match_mask_weight", "match_dice_weight", "match_box_weight", "enc_repeats")
 
     @property
     def with_pose(self) -> bool:
@@ -102,12 +109,12 @@ class HCQConfig:
         """Raise ValueError naming the first inconsistent field."""
         choices = {"profile": ("small", "base"), "backbone_norm": ("gn", "bn"), "tasks": TASKS,
                    "pose_space": POSE_SPACES, "box_loss": REGRESSION_LOSSES, "pose_loss": REGRESSION_LOSSES,
-                   "class_loss": CLASS_LOSSES}
+                   "class_loss": CLASS_LOSSES, "query_init": QUERY_INITS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"HCQConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("d_model", "mask_dim", "num_queries", "enc_layers", "dec_layers", "n_heads", "ffn_dim",
-                     "enc_points", "dec_offset_points", "mask_points"):
+                     "enc_points", "dec_offset_points", "mask_points", "enc_repeats"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"HCQConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 1 <= int(self.enc_query_levels) <= 3:
@@ -160,9 +167,12 @@ class HCQConfig:
 # small has ONE encoder layer whose queries are the 1/16 and 1/32 pixels only (enc_query_levels=2, RT-DETR's
 # finding; the 1/8 level gets the FPN top-down path): an all-level layer costs ~0.5 GFLOPs and, measured with
 # onnxruntime on 2 cores at 320x320, ~40% of the detector's time; the product's CPU budget (>= 20 FPS for the
-# whole pipeline) cannot carry it.
+# whole pipeline) cannot carry it. small also takes its queries' reference boxes from the encoder's best proposals
+# (query_init="encoder", see query_selection.py): with the paper's learned references the from-scratch CPU run
+# reached only bbox AP 0.10 in 6000 iterations.
 PROFILES: dict[str, dict] = {
-    "small": dict(profile="small", d_model=128, mask_dim=64, num_queries=50, enc_layers=1, enc_query_levels=2,
+    "small": dict(profile="small", d_model=128, mask_dim=64, num_queries=50, query_init="encoder",
+                  enc_layers=1, enc_query_levels=2,
                   dec_layers=3, n_heads=4, ffn_dim=256, enc_points=4, dec_offset_points=4, mask_points=12544),
     "base": dict(profile="base", d_model=256, mask_dim=256, num_queries=100, enc_layers=6, dec_layers=6,
                  n_heads=8, ffn_dim=1024, enc_points=4, dec_offset_points=3, mask_points=12544),
@@ -231,11 +241,14 @@ class HCQDecoder(nn.Module):
         centres = torch.rand(c.num_queries, 1, 2) * 0.8 + 0.1
         half = torch.tensor([0.1, 0.2])
         corners = torch.cat((centres - half, centres + half), dim=1).clamp(0.01, 0.99)   # [Q, 2, 2]
-        self.query_corners = nn.Parameter(inverse_sigmoid(corners))
+        # With encoder query selection the references come from the image (no corner parameters) and the
+        # learned joints are canonical in both pose spaces (image-space joints are placed in the selected box).
+        self.learned_corners = c.query_init == "learned"
+        self.query_corners = nn.Parameter(inverse_sigmoid(corners)) if self.learned_corners else None
         self.register_buffer("pose_template", torch.tensor(CANONICAL_POSE_TEMPLATE), persistent=False)
         if c.query_keypoints:
             template = self.pose_template.expand(c.num_queries, -1, -1).clone()
-            joints = template if c.pose_space == "canonical" else inverse_sigmoid(
+            joints = template if (c.pose_space == "canonical" or not self.learned_corners) else inverse_sigmoid(
                 canonical_to_image(corners, template).clamp(0.01, 0.99))
             self.query_joints = nn.Parameter(joints)                           # [Q, 17, 2]
         else:
@@ -252,14 +265,22 @@ class HCQDecoder(nn.Module):
         index = torch.arange(c.n_heads * per_head) % NUM_JOINTS
         self.register_buffer("joint_index", index.reshape(c.n_heads, per_head), persistent=False)
 
-    def initial_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """-> content [B, Q, D], corners [B, Q, 2, 2] normalised xy, joints [B, Q, 17, 2] (pose space) or None."""
+    def initial_state(self, batch: int, corners: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """-> content [B, Q, D], corners [B, Q, 2, 2] normalised xy, joints [B, Q, 17, 2] (pose space) or None.
+
+        corners: the selected proposals [B, Q, 2, 2] (query_init "encoder"; required then, ignored otherwise)."""
         content = self.content.weight.unsqueeze(0).expand(batch, -1, -1)
-        corners = self.query_corners.sigmoid().unsqueeze(0).expand(batch, -1, -1, -1)
+        if self.learned_corners:
+            corners = self.query_corners.sigmoid().unsqueeze(0).expand(batch, -1, -1, -1)
+        elif corners is None:
+            raise ValueError("query_init 'encoder' needs the selected proposal corners")
         joints = None
         if self.query_joints is not None:
-            joints = self.query_joints if self.config.pose_space == "canonical" else self.query_joints.sigmoid()
-            joints = joints.unsqueeze(0).expand(batch, -1, -1, -1)
+            joints = self.query_joints.unsqueeze(0).expand(batch, -1, -1, -1)
+            if self.config.pose_space == "image":
+                joints = joints.sigmoid() if self.learned_corners else canonical_to_image(corners, joints).clamp(
+                    0.01, 0.99)
         return content, corners, joints
 
     def keypoint_vector(self, corners: torch.Tensor, joints: torch.Tensor | None) -> torch.Tensor:
@@ -284,7 +305,9 @@ class HCQNet(nn.Module):
         (RLE scale in units of the person's box size, sigmoid; only with box_loss "rle");
         pred_keypoints [B, Q, 17, 2] normalised image xy and pred_kpt_sigma [B, Q, 17, 2] (only with pose,
         sigma only with pose_loss "rle"); pred_masks [B, Q, H/4, W/4] logits;
-        aux_outputs: list (one per earlier decoder layer) of dicts with the same keys (with_aux only).
+        aux_outputs: list (one per earlier decoder layer) of dicts with the same keys (with_aux only);
+        enc_outputs (query_init "encoder", with_aux only): pred_logits [B, S, 1], pred_boxes [B, S, 4] normalised
+        xyxy of every memory token's proposal.
     """
 
     def __init__(self, config: HCQConfig) -> None:
@@ -295,6 +318,7 @@ class HCQNet(nn.Module):
         self.pixel_decoder = MSDeformPixelDecoder(self.backbone.out_channels, c.d_model, c.mask_dim, c.enc_layers,
                                                   c.n_heads, c.enc_points, c.ffn_dim, c.dropout, c.enc_query_levels)
         self.decoder = HCQDecoder(c)
+        self.query_selection = EncoderQuerySelection(c.d_model) if c.query_init == "encoder" else None
         head_in = c.d_model + (2 * (2 + NUM_JOINTS) if c.keypoints_in_heads else 0)
         self.class_head = ClassHead(head_in)
         self.mask_head = MaskHead(head_in, c.d_model, c.mask_dim)
@@ -325,7 +349,11 @@ class HCQNet(nn.Module):
         with_aux = self.training if with_aux is None else with_aux
         enc = self.pixel_decoder(self.backbone(images))
         memory, shapes, starts = enc["memory"], enc["level_shapes"], enc["level_starts"]
-        content, corners, joints = self.decoder.initial_state(images.shape[0])
+        selected = None
+        if self.query_selection is not None:
+            selected = self.query_selection(memory, shapes, c.num_queries)
+        content, corners, joints = self.decoder.initial_state(images.shape[0],
+                                                              None if selected is None else selected["corners"])
         layer_outputs = []
         for i, layer in enumerate(self.decoder.layers):
             k_flat = self.decoder.keypoint_vector(corners, joints)
@@ -358,6 +386,8 @@ class HCQNet(nn.Module):
             joints = new_joints.detach() if (new_joints is not None and c.query_keypoints) else None
         result = dict(layer_outputs[-1])
         result["aux_outputs"] = layer_outputs[:-1] if with_aux else []
+        if with_aux and selected is not None:
+            result["enc_outputs"] = {"pred_logits": selected["enc_logits"], "pred_boxes": selected["enc_boxes"]}
         return result
 
     def _refine_joints(self, i: int, feat: torch.Tensor, joints: torch.Tensor | None, new_corners: torch.Tensor):
@@ -410,7 +440,7 @@ def load_checkpoint(path: str | Path, requested: HCQConfig | None = None,
     return model
 
 
-FLOP_GROUPS = ("backbone", "pixel_decoder", "decoder", "class_head", "box_heads", "pose_heads", "mask_head")
+FLOP_GROUPS = ("backbone", "pixel_decoder", "query_selection", "decoder", "class_head", "box_heads", "pose_heads", "mask_head")
 
 
 def flops_by_module(model: HCQNet, image_size: tuple[int, int]) -> dict[str, int]:

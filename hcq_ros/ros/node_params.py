@@ -332,12 +332,16 @@ def perceptor_config_dict(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_perceptor_settings(path: Path | str) -> dict[str, Any]:
+def load_perceptor_settings(path: Optional[Path | str] = None) -> dict[str, Any]:
     """PerceptorConfig settings for the command-line tools (``--params``) from either
     - a ROS 2 params file like ``launch/params.yaml`` (``/**: ros__parameters: ...``; parameters it leaves out
       keep the shipped file's values), so the node's configuration file drives replays and demos too; or
     - a plain mapping of ``PerceptorConfig`` fields (checked by ``PerceptorConfig.from_dict``).
-    ValueError names an unknown parameter or a bad value; FileNotFoundError the path."""
+    ``path`` None: the shipped params file, so a tool without ``--params`` runs with the node's settings (the
+    calibrated thresholds included). ValueError names an unknown parameter or a bad value; FileNotFoundError the
+    path."""
+    if path is None:
+        return perceptor_config_dict(load_defaults())
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--params file not found: {path}")

@@ -34,8 +34,8 @@ def add_perceptor_arguments(parser: argparse.ArgumentParser) -> None:
                        help="detector only: no ReID / attributes / parts (tracking on IoU)")
     group.add_argument("--threads", type=int, default=0, help="CPU threads of the backends (0 = runtime default)")
     group.add_argument("--params", type=Path, metavar="YAML",
-                       help="the node's params file (e.g. launch/params.yaml) or a mapping of PerceptorConfig "
-                            "settings; command-line options override it")
+                       help="a node params file or a mapping of PerceptorConfig settings (default: the shipped "
+                            "launch/params.yaml); command-line options override it")
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,14 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def perceptor_config(args: argparse.Namespace):
-    """PerceptorConfig from --params YAML (if any) overridden by the command-line options."""
+    """PerceptorConfig from --params YAML (default: the shipped launch/params.yaml) overridden by the options."""
     from hcq_ros.pipeline import PerceptorConfig
 
     from hcq_ros.ros.node_params import load_perceptor_settings
 
-    data: dict = {}
-    if getattr(args, "params", None) is not None:
-        data.update(load_perceptor_settings(args.params))
+    data = load_perceptor_settings(getattr(args, "params", None))
     data.update(backend=args.backend, detector_model=str(args.detector), person_model=str(args.person))
     for name in ("input_size", "score_threshold", "max_people"):
         if getattr(args, name, None) is not None:

@@ -6,6 +6,9 @@ Per decoder layer (the last and every auxiliary one, each matched separately):
 - mask: BCE + dice on points sampled where the prediction is most uncertain (Mask2Former), per matched person;
 - box: RLE over the two corners (or L1 on normalised xyxy), optional GIoU;
 - pose: RLE (or L1) per *labelled* joint (visibility > 0), normalised by the number of labelled joints.
+Encoder proposals (``outputs["enc_outputs"]``, query_init "encoder"): each person repeated ``enc_repeats``
+times, matched to the proposals on class + box L1 (weights ENC_MATCH_*), then class (as above) + box L1 + GIoU
+(weights: class_weight, ENC_BOX_L1_WEIGHT, ENC_GIOU_WEIGHT), logged as loss_*_enc.
 RLE residuals are measured in units of the person's box scale sqrt(w * h) (as OKS), so the predicted sigmas are
 relative to the person's size and small people weigh as much as large ones.
 
@@ -28,6 +31,9 @@ from hcq_ros.train.rle import RLELoss
 # people a few pixels tall; with a tiny floor their residuals, hundreds of "box sizes" early in training, made the
 # RLE terms ~100x the class/mask terms and swamped the shared trunk's gradient. 0.1 = 26 px at 256 px input.
 MIN_BOX_SCALE = 0.1
+# Encoder proposals: Deformable-DETR's two-stage weights (matching class 2 + box L1 5; losses L1 5, GIoU 2).
+ENC_MATCH_CLASS_WEIGHT, ENC_MATCH_BOX_WEIGHT = 2.0, 5.0
+ENC_BOX_L1_WEIGHT, ENC_GIOU_WEIGHT = 5.0, 2.0
 
 
 def sample_uncertain_points(logits: torch.Tensor, num_points: int, oversample: float = 3.0,
@@ -96,7 +102,7 @@ class HCQCriterion(nn.Module):
                  pose_loss: str = "rle", class_weight: float = 2.0, mask_weight: float = 5.0,
                  dice_weight: float = 5.0, box_weight: float = 0.2, pose_weight: float = 0.2,
                  giou_weight: float = 0.0, no_object_weight: float = 0.1, num_points: int = 12544,
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0) -> None:
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, enc_repeats: int = 4) -> None:
         super().__init__()
         for name, value, allowed in (("class_loss", class_loss, ("bce", "focal")),
                                      ("box_loss", box_loss, ("rle", "l1")), ("pose_loss", pose_loss, ("rle", "l1"))):
@@ -105,7 +111,13 @@ class HCQCriterion(nn.Module):
         self.matcher, self.with_pose = matcher, with_pose
         self.class_loss, self.box_loss, self.pose_loss = class_loss, box_loss, pose_loss
         self.weights = {"loss_class": class_weight, "loss_mask": mask_weight, "loss_dice": dice_weight,
-                        "loss_box": box_weight, "loss_giou": giou_weight, "loss_pose": pose_weight}
+                        "loss_box": box_weight, "loss_giou": giou_weight, "loss_pose": pose_weight,
+                        "loss_class_enc": class_weight, "loss_box_enc": ENC_BOX_L1_WEIGHT,
+                        "loss_giou_enc": ENC_GIOU_WEIGHT}
+        if enc_repeats < 1:
+            raise ValueError(f"enc_repeats must be >= 1, got {enc_repeats}")
+        self.enc_repeats = enc_repeats
+        self.enc_matcher = HungarianMatcher(ENC_MATCH_CLASS_WEIGHT, 0.0, 0.0, ENC_MATCH_BOX_WEIGHT)
         self.no_object_weight, self.num_points = no_object_weight, num_points
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.box_rle = RLELoss() if box_loss == "rle" else None
@@ -147,6 +159,24 @@ class HCQCriterion(nn.Module):
         s = scale[:, None, None]
         n, p = pred.shape[:2]
         return rle((pred / s).reshape(-1, 2), sigma.reshape(-1, 2), (gt / s).reshape(-1, 2)).reshape(n, p)
+
+    def encoder_losses(self, enc: dict, targets: list[dict], num_people: float) -> dict:
+        """Unweighted proposal losses: enc pred_logits [B, S, 1], pred_boxes [B, S, 4]; one-to-many matching."""
+        r = self.enc_repeats
+        repeated = [{"boxes": t["boxes"].repeat(r, 1)} for t in targets]
+        indices = self.enc_matcher(enc, repeated)
+        device = enc["pred_logits"].device
+        losses = {"loss_class_enc": self._class(enc["pred_logits"], indices, num_people * r)}
+        batch_idx = torch.cat([torch.full_like(p, b) for b, (p, _) in enumerate(indices)]).to(device)
+        pred_idx = torch.cat([p for p, _ in indices]).to(device)
+        pred = enc["pred_boxes"][batch_idx, pred_idx].float()
+        if pred.numel() == 0:
+            zero = enc["pred_boxes"].sum() * 0.0
+            return {**losses, "loss_box_enc": zero, "loss_giou_enc": zero}
+        gt = torch.cat([t["boxes"][g] for t, (_, g) in zip(repeated, indices)]).to(device).float()
+        losses["loss_box_enc"] = (pred - gt).abs().sum() / (num_people * r)
+        losses["loss_giou_enc"] = (1.0 - generalized_iou(pred, gt)).sum() / (num_people * r)
+        return losses
 
     # -------------------------------------------------------------------------------------- one layer
     def layer_losses(self, outputs: dict, targets: list[dict], num_people: float, num_joints: float) -> dict:
@@ -203,6 +233,10 @@ class HCQCriterion(nn.Module):
                 result[name + suffix] = value
                 weighted = self.weights[name] * value
                 total = weighted if total is None else total + weighted
+        if "enc_outputs" in outputs:
+            for name, value in self.encoder_losses(outputs["enc_outputs"], targets, num_people).items():
+                result[name] = value
+                total = total + self.weights[name] * value
         result["loss"] = total
         return result
 
@@ -217,4 +251,5 @@ def build_criterion(config) -> HCQCriterion:
                         dice_weight=c.dice_weight,
                         box_weight=c.box_weight if c.box_loss == "rle" else c.box_l1_weight,
                         pose_weight=c.pose_weight if c.pose_loss == "rle" else c.pose_l1_weight,
-                        giou_weight=c.giou_weight, no_object_weight=c.no_object_weight, num_points=c.mask_points)
+                        giou_weight=c.giou_weight, no_object_weight=c.no_object_weight, num_points=c.mask_points,
+                        enc_repeats=c.enc_repeats)

@@ -43,9 +43,9 @@ class HungarianMatcher(nn.Module):
 
     Args: class_weight, mask_weight (BCE), dice_weight, box_weight (L1 on normalised xyxy; 0 = off),
         num_points (points sampled per image for the mask costs).
-    forward(outputs, targets) with outputs["pred_logits"] [B, Q, 1], outputs["pred_masks"] [B, Q, h, w],
-        outputs["pred_boxes"] [B, Q, 4] (only read when box_weight > 0); targets: B dicts with
-        "masks" [G, H, W] bool and "boxes" [G, 4] normalised xyxy.
+    forward(outputs, targets) with outputs["pred_logits"] [B, Q, 1], outputs["pred_masks"] [B, Q, h, w] (only
+        read with a mask or dice weight), outputs["pred_boxes"] [B, Q, 4] (only read when box_weight > 0);
+        targets: B dicts with "boxes" [G, 4] normalised xyxy and "masks" [G, H, W] bool (mask costs only).
     Returns B pairs (pred_idx int64 [K], gt_idx int64 [K]), K = min(Q, G), pred_idx sorted ascending.
     """
 
@@ -62,10 +62,11 @@ class HungarianMatcher(nn.Module):
     @torch.no_grad()
     def cost_matrix(self, logits: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor | None,
                     target: dict) -> torch.Tensor:
-        """Matching cost of one image: logits [Q, 1], masks [Q, h, w], boxes [Q, 4] -> [Q, G] float32."""
-        gt_masks = target["masks"]
-        cost = -self.class_weight * logits[:, 0].float().sigmoid()[:, None].expand(-1, gt_masks.shape[0])
+        """Matching cost of one image: logits [Q, 1], masks [Q, h, w] or None, boxes [Q, 4] -> [Q, G] float32."""
+        num_gt = target["boxes"].shape[0]
+        cost = -self.class_weight * logits[:, 0].float().sigmoid()[:, None].expand(-1, num_gt)
         if self.mask_weight or self.dice_weight:
+            gt_masks = target["masks"]
             coords = torch.rand(1, self.num_points, 2, device=masks.device)
             pred = point_sample(masks[:, None].float(), coords.expand(masks.shape[0], -1, -1))[:, 0]
             gt = point_sample(gt_masks[:, None].to(pred), coords.expand(gt_masks.shape[0], -1, -1))[:, 0]
@@ -76,17 +77,19 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def forward(self, outputs: dict, targets: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        logits, masks = outputs["pred_logits"], outputs["pred_masks"]
+        logits = outputs["pred_logits"]
+        masks = outputs["pred_masks"] if (self.mask_weight or self.dice_weight) else None
         boxes = outputs.get("pred_boxes") if self.box_weight else None
         if len(targets) != logits.shape[0]:
             raise ValueError(f"matcher: {len(targets)} targets for a batch of {logits.shape[0]} images")
         indices = []
         for b, target in enumerate(targets):
-            if target["masks"].shape[0] == 0:
+            if target["boxes"].shape[0] == 0:
                 empty = torch.zeros(0, dtype=torch.int64)
                 indices.append((empty, empty.clone()))
                 continue
-            cost = self.cost_matrix(logits[b], masks[b], None if boxes is None else boxes[b], target)
+            cost = self.cost_matrix(logits[b], None if masks is None else masks[b],
+                                    None if boxes is None else boxes[b], target)
             # A non-finite cost (a diverged prediction) must not crash the solver: make it maximally expensive.
             cost = torch.nan_to_num(cost, nan=1e8, posinf=1e8, neginf=-1e8).cpu().numpy()
             pred_idx, gt_idx = linear_sum_assignment(cost)

@@ -41,6 +41,8 @@ class TrainSchedule:
     threads: int = 0            # torch intra-op threads; 0 = leave torch's default
     seed: int = 0
     init_backbone: str = ""     # checkpoint whose backbone.* weights start a fresh run (a pretrained backbone)
+    init_weights: str = ""      # checkpoint whose same-name, same-shape tensors start a fresh run (warm start of
+                                # an extended architecture); the new tensors are listed
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -161,6 +163,26 @@ class Trainer:
         self.model.load_state_dict({k: source[k] for k in own}, strict=False)
         return f"backbone ({len(own)} tensors) initialised from {path}; the rest is new"
 
+    def _init_weights(self, path: Path) -> str:
+        """Copy every model (and criterion) tensor whose name and shape match from a checkpoint into the fresh
+        model; iteration stays 0. For a model that extends the checkpoint's (e.g. query_init "encoder" after a
+        "learned" run): the message names how many tensors are new. ValueError if nothing matches."""
+        if not path.is_file():
+            raise FileNotFoundError(f"train.init_weights: no checkpoint at {path}")
+        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        copied, new = 0, []
+        for module, key in ((self.model, "model"), (self.criterion, "criterion")):
+            source = ckpt.get(key) or {}
+            own = module.state_dict()
+            take = {k: source[k] for k, v in own.items() if k in source and tuple(source[k].shape) == tuple(v.shape)}
+            module.load_state_dict(take, strict=False)
+            copied += len(take)
+            new += [k for k in own if k not in take]
+        if not copied:
+            raise ValueError(f"train.init_weights: no tensor of {path} fits this model")
+        shown = ", ".join(sorted({k.rsplit(".", 2)[0] for k in new})[:6])
+        return f"{copied} tensors initialised from {path}; {len(new)} new ({shown})"
+
     def _init_from(self, path: Path) -> bool:
         ckpt = torch.load(path, map_location=self.device, weights_only=False)
         mismatches = self._architecture_mismatches(ckpt)
@@ -215,8 +237,13 @@ class Trainer:
 
         self.out.mkdir(parents=True, exist_ok=True)
         resumed = self.resume(init)
+        if not resumed and self.s.init_backbone and self.s.init_weights:
+            raise ValueError("train.init_backbone and train.init_weights are exclusive")
         if not resumed and self.s.init_backbone:
             self.started_from = self._init_backbone(Path(self.s.init_backbone))
+            resumed = True
+        if not resumed and self.s.init_weights:
+            self.started_from = self._init_weights(Path(self.s.init_weights))
             resumed = True
         if self.main:
             (self.out / "config.json").write_text(json.dumps(self.config_dump, indent=2))
