@@ -4,7 +4,7 @@ single-task models (detection, instance segmentation, pose) of the same profile,
     python -m hcq_ros.evaluation.cost --profile small --size 320 --out docs/cost.md
 
 A single-task model is the unified architecture with only its task's heads: detection = backbone + pixel decoder
-+ decoder + class + box heads; segmentation = detection + mask head; pose = detection + pose heads (a DETR-style
++ query selection (small) + decoder + class + box heads; segmentation = detection + mask head; pose = detection + pose heads (a DETR-style
 pose model still needs person scores and boxes). Models are built on the meta device, so this takes seconds.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from hcq_ros.models.hcq import HCQConfig, HCQNet, flops_by_module
 
-TRUNK = ("backbone", "pixel_decoder", "decoder")
+TRUNK = ("backbone", "pixel_decoder", "query_selection", "decoder")   # query_selection: profiles that have it
 SINGLE_TASK = {
     "detection": TRUNK + ("class_head", "box_heads"),
     "segmentation": TRUNK + ("class_head", "box_heads", "mask_head"),
