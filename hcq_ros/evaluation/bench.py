@@ -93,6 +93,10 @@ def _sibling(path: Path, suffix: str) -> Path:
     return stem.with_name(stem.name + suffix)
 
 
+def _given_int8(model: Path, backend: str) -> bool:   # an existing *.int8.onnx is run as is by onnxruntime
+    return backend == "onnxruntime" and model.name.endswith(".int8.onnx") and model.is_file()
+
+
 def model_family(path: str | Path, role: str) -> Path:
     """``path`` if any file of its family (.pt / .onnx) exists; FileNotFoundError naming the role otherwise."""
     path = Path(path)
@@ -154,9 +158,9 @@ def _cached_export(checkpoint: Path, cache_dir: Path, name: str, size: Optional[
 
 def detector_file(model: str | Path, backend: str, size: int, cache_dir: Path,
                   dry_run: bool = False) -> tuple[Path, str]:
-    """(file ``backend`` runs at ``size`` x ``size``, where it came from). torch: the ``.pt``; onnxruntime: the
-    sibling ``.onnx`` if exported at that size, else a (cached) export of the ``.pt``. Nothing it cannot find
-    or make -> FileNotFoundError; dry_run: check only, export nothing."""
+    """(file ``backend`` runs at ``size`` x ``size``, where it came from). torch: the ``.pt``; onnxruntime: a given
+    ``.int8.onnx`` of that size, else the sibling ``.onnx`` if exported at that size, else a (cached) export of the
+    ``.pt``. Nothing it cannot find or make -> FileNotFoundError; dry_run: check only, export nothing."""
     from hcq_ros.runtime.backend import resolve_model_file
     from hcq_ros.runtime.export import check_input_size
 
@@ -164,6 +168,11 @@ def detector_file(model: str | Path, backend: str, size: int, cache_dir: Path,
     model = Path(model)
     if backend == "torch":
         return resolve_model_file("torch", model), "checkpoint (torch runs any size)"
+    if _given_int8(model, backend):
+        if _onnx_input_size(model) != (size, size):
+            raise FileNotFoundError(f"no int8 detector export at {size}x{size}: {model} is quantised at (W, H) = "
+                                    f"{_onnx_input_size(model)} (hcq-ros export --target onnxruntime-int8 --size W H)")
+        return model, f"given int8 export {model}"
     onnx_path, checkpoint = _sibling(model, ".onnx"), _sibling(model, ".pt")
     have = _onnx_input_size(onnx_path) if onnx_path.is_file() else None
     if have == (size, size):
@@ -177,12 +186,15 @@ def detector_file(model: str | Path, backend: str, size: int, cache_dir: Path,
 
 
 def person_file(model: str | Path, backend: str, cache_dir: Path, dry_run: bool = False) -> tuple[Path, str]:
-    """(PersonNet file ``backend`` runs, where it came from); a missing ``.onnx`` is exported from the ``.pt``."""
+    """(PersonNet file ``backend`` runs, where from): onnxruntime runs a given ``.int8.onnx`` as is, a missing
+    ``.onnx`` is exported from the ``.pt``."""
     from hcq_ros.runtime.backend import resolve_model_file
 
     model = Path(model)
     if backend == "torch":
         return resolve_model_file("torch", model), "checkpoint"
+    if _given_int8(model, backend):
+        return model, f"given int8 export {model}"
     onnx_path, checkpoint = _sibling(model, ".onnx"), _sibling(model, ".pt")
     if onnx_path.is_file():
         return onnx_path, f"given export {onnx_path}"

@@ -7,7 +7,9 @@ parts (``pipeline_eval``).
 A checkpoint says which network it holds: a PersonNet (``person_config``) is scored by
 ``person_eval.evaluate_person_net`` (ReID, attributes, parts, crop pose on the folder's sequence frames), an HCQNet
 (``hcq_config``) by ``detector.evaluate_detector`` (COCO AP at ``--input-size``, default the training run's
-``data.image_size`` stored in the checkpoint, else 256).
+``data.image_size`` stored in the checkpoint, else 256). ``--model`` may also be a PersonNet ONNX export
+(``X.onnx`` or the int8 ``X.int8.onnx``): the same PersonNet metrics, run through the onnxruntime backend
+(``evaluate_onnx_person_net``); detector exports are scored with ``--pipeline --detector X``.
 
 Each ``--pred`` is sorted into its kind (``predictions.find_predictions``: detections json, part PNG folder,
 ReID npz, MOT result folder, or a folder bundling several) and every metric that applies is computed with
@@ -44,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="predictions: detections .json, ReID .npz, folder of part PNGs, folder of MOT "
                              "{seq}.txt, or a folder bundling them (repeatable)")
     parser.add_argument("--model", type=Path, metavar="CKPT",
-                        help="a PersonNet or HCQNet checkpoint (.pt) to run on --data instead of prediction files")
+                        help="a PersonNet or HCQNet checkpoint (.pt), or a PersonNet export (.onnx / .int8.onnx, "
+                             "onnxruntime), to run on --data instead of prediction files")
     parser.add_argument("--data", type=Path, metavar="DIR", help="SynthHumans folder the --model is scored on")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("W", "H"),
                         help="HCQNet input size for --model (default: from the checkpoint, else 256 256)")
@@ -155,6 +158,8 @@ def evaluate_checkpoint(ckpt_path: str | Path, data_dir: str | Path, input_size:
         raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder not found: {data_dir}")
+    if ckpt_path.name.endswith(".onnx"):
+        return evaluate_onnx_person_net(ckpt_path, data_dir, frame_step)
     ckpt = torch.load(str(ckpt_path), map_location="cpu", weights_only=False)
     from hcq_ros.models import hcq, person_net
 
@@ -175,6 +180,33 @@ def evaluate_checkpoint(ckpt_path: str | Path, data_dir: str | Path, input_size:
         return {"model": "HCQNet", **metrics}
     raise ValueError(f"{ckpt_path}: neither a PersonNet ({person_net.CHECKPOINT_CONFIG_KEY!r}) nor an HCQNet "
                      f"({hcq.CHECKPOINT_CONFIG_KEY!r}) checkpoint")
+
+
+def evaluate_onnx_person_net(onnx_path: str | Path, data_dir: str | Path, frame_step: int = 5) -> dict:
+    """Score a PersonNet ONNX export (``.onnx`` fp32 or ``.int8.onnx``) on ``data_dir`` through the onnxruntime
+    backend: ``person_eval.evaluate_person_net`` with normalised crops float32 [B, 3, H, W] -> the export's named
+    outputs, (H, W) = the export's static crop size. A detector export or one without metadata -> ValueError."""
+    from hcq_ros.runtime.export import read_export_metadata
+    from hcq_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    from .person_eval import evaluate_person_net
+
+    onnx_path = Path(onnx_path)
+    meta = read_export_metadata(onnx_path)
+    if meta.get("kind") != "person":
+        held = f"a {meta['kind']!r} export" if meta.get("kind") else "an ONNX without hcq_ros export metadata"
+        raise ValueError(f"{onnx_path}: --model X.onnx scores PersonNet exports only, this is {held} (score a "
+                         "detector export with --pipeline --detector X.onnx)")
+    backend = OnnxRuntimeBackend().load(onnx_path)
+    try:
+        shape = backend.input_shapes.get("crops") or ()
+        if len(shape) != 4 or shape[2] is None or shape[3] is None:
+            raise ValueError(f"{onnx_path}: PersonNet export without a static crop size (input shape {shape})")
+        metrics = evaluate_person_net(lambda crops: backend.infer({"crops": crops}), data_dir, frame_step=frame_step,
+                                      crop_size=(int(shape[3]), int(shape[2])))
+    finally:
+        backend.close()
+    return {"model": "PersonNet", "file": str(onnx_path), "precision": meta.get("precision", "fp32"), **metrics}
 
 
 def evaluate_pipeline_args(args: argparse.Namespace) -> dict:

@@ -14,7 +14,8 @@ answers an empty batch (B = 0) with empty outputs without calling the runtime: a
 B = 0 in onnxruntime.
 
 Model files: one model is a family of sibling files ``<stem>.pt`` (torch), ``<stem>.onnx`` (onnxruntime,
-deformable attention as grid_sample), ``<stem>.trt.onnx`` (TensorRT, plugin nodes) and optionally a serialised
+deformable attention as grid_sample), ``<stem>.int8.onnx`` (onnxruntime, the same graph quantised to int8 QDQ,
+``hcq_ros.runtime.quantize``), ``<stem>.trt.onnx`` (TensorRT, plugin nodes) and optionally a serialised
 engine ``<stem>.engine`` / ``.plan``. ``resolve_model_file`` picks the file a backend needs and says so.
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 BACKEND_KINDS = ("tensorrt", "onnxruntime", "torch")
 AUTO_ORDER = BACKEND_KINDS  # what ``auto`` tries, best first (DESIGN.md §8)
-MODEL_SUFFIXES = (".trt.onnx", ".onnx", ".pt", ".engine", ".plan")
+MODEL_SUFFIXES = (".trt.onnx", ".int8.onnx", ".onnx", ".pt", ".engine", ".plan")   # compound suffixes first
 
 
 class Backend(ABC):
@@ -141,7 +142,7 @@ def _shape_text(shape) -> str:
 
 # ---------------------------------------------------------------------------------------------- files
 def model_stem(path: str | Path) -> Path:
-    """``engines/hcq_small.trt.onnx`` -> ``engines/hcq_small`` (any of MODEL_SUFFIXES removed)."""
+    """``engines/hcq_small.trt.onnx`` / ``.int8.onnx`` -> ``engines/hcq_small`` (any of MODEL_SUFFIXES removed)."""
     path = Path(path)
     for suffix in MODEL_SUFFIXES:
         if path.name.endswith(suffix):
@@ -153,8 +154,10 @@ def resolve_model_file(kind: str, model_path: str | Path) -> Path:
     """The file backend ``kind`` loads for ``model_path`` (the path itself when it fits, else its sibling).
 
     tensorrt: ``<stem>.trt.onnx`` or a serialised ``.engine``/``.plan``; never the grid_sample ``.onnx``.
-    onnxruntime: ``<stem>.onnx`` (never ``.trt.onnx``: onnxruntime has no kernel for the TensorRT plugin).
-    torch: ``<stem>.pt``. Missing file -> FileNotFoundError naming it and why that file is needed.
+    onnxruntime: ``<stem>.onnx``, or a given ``<stem>.int8.onnx`` (never ``.trt.onnx``: onnxruntime has no kernel
+    for the TensorRT plugin). The int8 QDQ file is onnxruntime's only: tensorrt and torch take the family's
+    ``.trt.onnx`` / ``.pt`` for it (logged). torch: ``<stem>.pt``. Missing file -> FileNotFoundError naming it
+    and why that file is needed.
     """
     if kind not in BACKEND_KINDS:
         raise ValueError(f"unknown backend {kind!r}; choose from {BACKEND_KINDS}")

@@ -1,40 +1,72 @@
-"""``hcq-ros export --model CKPT --target onnxruntime|tensorrt|all [--out DIR] [--size W H] [--name NAME]``.
+"""``hcq-ros export --model CKPT --target onnxruntime|tensorrt|onnxruntime-int8|all [--out DIR] [--size W H]
+[--name NAME] [--calib N] [--calib-method M]``.
 
 Writes ``<out>/<name>.onnx`` (onnxruntime: deformable attention as grid_sample) and/or ``<out>/<name>.trt.onnx``
 (TensorRT: plugin nodes), each with a ``.json`` metadata sidecar; see ``hcq_ros.runtime.export``.
+``onnxruntime-int8`` writes ``<out>/<name>.int8.onnx`` + ``<name>.int8.json``: the onnxruntime export quantised to
+int8 (QDQ) with ``--calib`` SynthHumans calibration samples (``hcq_ros.runtime.quantize``). ``all`` = the two float
+targets.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from hcq_ros.runtime.export import TARGETS, describe_export, export_model
+from hcq_ros.runtime.quantize import DEFAULT_CALIB, DEFAULT_METHOD, INT8_TARGET, METHODS, export_int8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="HCQNet or PersonNet checkpoint (.pt)")
-    parser.add_argument("--target", choices=TARGETS + ("all",), required=True,
-                        help="onnxruntime -> NAME.onnx, tensorrt -> NAME.trt.onnx, all -> both")
+    parser.add_argument("--target", choices=TARGETS + (INT8_TARGET, "all"), required=True,
+                        help="onnxruntime -> NAME.onnx, tensorrt -> NAME.trt.onnx, onnxruntime-int8 -> "
+                             "NAME.int8.onnx, all -> NAME.onnx and NAME.trt.onnx")
     parser.add_argument("--out", type=Path, default=Path("engines"), help="output folder (default engines/)")
     parser.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), default=None,
                         help="input size (default: detector training size / person crop size)")
     parser.add_argument("--name", default=None, help="file name stem (default: the checkpoint's stem)")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--calib", type=int, default=None, metavar="N",
+                        help=f"onnxruntime-int8: calibration samples, detector frames / PersonNet crops (default "
+                             f"{DEFAULT_CALIB['hcq']} / {DEFAULT_CALIB['person']})")
+    parser.add_argument("--calib-method", choices=METHODS, default=DEFAULT_METHOD,
+                        help=f"onnxruntime-int8: activation range calibration (default {DEFAULT_METHOD})")
     parser.add_argument("--json", type=Path, metavar="OUT", default=None, help="write the export metadata here")
 
 
 def run(args: argparse.Namespace) -> int:
-    targets = TARGETS if args.target == "all" else (args.target,)
-    results = []
-    for target in targets:
-        result = export_model(args.model, target, args.out, tuple(args.size) if args.size else None, args.name,
-                              args.opset)
-        print(describe_export(result))
-        results.append(result.metadata)
+    """Export; a missing/unreadable checkpoint or a bad setting -> one error line on stderr, exit code 2."""
+    try:
+        results = _export(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"hcq-ros export: error: {exc}", file=sys.stderr)
+        return 2
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results if len(results) > 1 else results[0], indent=2) + "\n",
                              encoding="utf-8")
         print(f"metadata written to {args.json}")
     return 0
+
+
+def _export(args: argparse.Namespace) -> list[dict]:
+    int8 = args.target == INT8_TARGET
+    calib, method = getattr(args, "calib", None), getattr(args, "calib_method", DEFAULT_METHOD)
+    if not int8 and (calib is not None or method != DEFAULT_METHOD):
+        raise ValueError(f"--calib / --calib-method only apply to --target {INT8_TARGET}")
+    size = tuple(args.size) if args.size else None
+    results = []
+    for target in (TARGETS if args.target == "all" else (args.target,)):
+        if int8:
+            result = export_int8(args.model, args.out, size, args.name, args.opset, calib, method)
+            q = result.metadata["quantization"]
+            print(describe_export(result) + f"\n  int8: {q['method']} calibration on {q['calibration_count']} "
+                  f"{q['calibration_unit']} (SynthHumans seeds {q['calibration_seeds'][0]}.."
+                  f"{q['calibration_seeds'][1]}), {q['quantize_nodes']} QuantizeLinear nodes")
+        else:
+            result = export_model(args.model, target, args.out, size, args.name, args.opset)
+            print(describe_export(result))
+        results.append(result.metadata)
+    return results

@@ -1,4 +1,5 @@
-"""onnxruntime backend: runs the decomposed ``*.onnx`` exports (the embedded default, DESIGN.md §8).
+"""onnxruntime backend: runs the decomposed ``*.onnx`` exports (the embedded default, DESIGN.md §8) and their int8
+quantised form ``*.int8.onnx`` (``hcq_ros.runtime.quantize``; metadata from its own ``*.int8.json``).
 
 Execution providers are an explicit list, validated against ``onnxruntime.get_available_providers()``; the
 providers the session really activated are logged and checked, so that a requested CUDA / TensorRT provider
@@ -45,7 +46,7 @@ class OnnxRuntimeBackend(Backend):
         allow_spinning: let idle pool threads busy-wait. Off by default: the pipeline runs two sessions plus numpy/
             torch work on few cores, and spinning threads starve them (measured with `hcq-ros bench`: the detector
             went from 229 to 108 ms and the postprocess from 13 to 4 ms at 5 people on 2 cores, torch at 1 thread).
-    load(path to a ``.onnx`` | bytes of a serialised model).
+    load(path to a ``.onnx`` / ``.int8.onnx`` | bytes of a serialised model).
     """
 
     name = "onnxruntime"

@@ -270,6 +270,9 @@ def check_trt_onnx(onnx_path: Path) -> dict:
     if not onnx_path.is_file():
         raise FileNotFoundError(f"TensorRT: ONNX model not found: {onnx_path}")
     meta = read_export_metadata(onnx_path)
+    if onnx_path.name.endswith(".int8.onnx") or meta.get("precision") == "int8":
+        raise ValueError(f"TensorRT: {onnx_path} is the onnxruntime int8 (QDQ) export; give TensorRT the .trt.onnx "
+                         "(--precision int8 calibrates its own INT8 engine)")
     if meta.get("export_form") == "grid_sample":
         raise ValueError(f"TensorRT: {onnx_path} is the grid_sample (onnxruntime) export, which TensorRT can "
                          "silently miscompile; export with --target tensorrt and use the .trt.onnx")
