@@ -184,6 +184,9 @@ COMPARISONS = [
     Comparison("pose_PCK", "deformable", "single_branch"),
     Comparison("parts_mIoU", "deformable", "single_branch"),
     Comparison("pose_PCK", "heatmap_offsets", "single_branch"),
+    # Multi-source vs single-source (same network): the sources are the Market / LIP / MPII-format exports of
+    # SynthHumans, each labelling only some tasks, so every task sees fewer labels per batch.
+    *(Comparison(m, "multisource_gn", "single_branch") for m in METRICS),
 ]
 
 
