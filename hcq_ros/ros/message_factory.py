@@ -70,6 +70,7 @@ class MessageFactory:
         self.typestore = typestore
         self._resolve = resolve
         self._classes: dict[str, tuple[str, Any]] = {}
+        self._fields: dict[str, tuple[tuple, frozenset, dict]] = {}   # msgtype -> (fielddefs, names, defaults)
 
     @classmethod
     def rosbags(cls, typestore: Any = None) -> "MessageFactory":
@@ -128,12 +129,15 @@ class MessageFactory:
         return msg
 
     def _rosbags_fields(self, msgtype: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-        fielddefs = self.typestore.fielddefs[msgtype][1]
-        names = [name for name, _ in fielddefs]
-        unknown = sorted(set(fields) - set(names))
-        if unknown:
-            raise ValueError(f"{msgtype} has no field(s) {unknown}; fields: {names}")
-        defaults = _ROSIDL_DEFAULTS.get(msgtype, {})
+        cached = self._fields.get(msgtype)
+        if cached is None:   # per type once: a frame with 5 people makes ~250 messages
+            fielddefs = tuple(self.typestore.fielddefs[msgtype][1])
+            cached = self._fields[msgtype] = (fielddefs, frozenset(n for n, _ in fielddefs),
+                                              _ROSIDL_DEFAULTS.get(msgtype, {}))
+        fielddefs, names, defaults = cached
+        if not names.issuperset(fields):
+            raise ValueError(f"{msgtype} has no field(s) {sorted(set(fields) - names)}; "
+                             f"fields: {[n for n, _ in fielddefs]}")
         out = {}
         for name, desc in fielddefs:
             if name in fields:
