@@ -24,8 +24,8 @@ from hcq_ros.result import Person, PersonFrame, box_grid
 log = logging.getLogger(__name__)
 
 # Options that may change while running (ROS parameter callbacks); everything else needs a restart.
-RUNTIME_OPTIONS = ("score_threshold", "mask_threshold", "max_people", "enable_person_net", "enable_masks",
-                   "enable_parts", "enable_attributes", "enable_reid")
+RUNTIME_OPTIONS = ("score_threshold", "mask_threshold", "max_people", "tracked_only", "enable_person_net",
+                   "enable_masks", "enable_parts", "enable_attributes", "enable_reid")
 
 
 @dataclass
@@ -33,6 +33,8 @@ class PerceptorConfig:
     """backend: auto | tensorrt | onnxruntime | torch. detector_model / person_model: any file of the model's
     family (``<stem>.pt``, ``.onnx``, ``.trt.onnx``); the backend picks its sibling. input_size: (W, H) of the
     detector input (the exported size). max_image_pixels: larger frames are rejected (dropped) with a reason.
+    tracked_only: output only the people of confirmed tracks (track_id > 0; ByteTrack's output); the tracker still
+    sees every detection above score_threshold, and a new person appears after ``tracker.min_hits`` frames.
     The defaults here are generic; the product's settings (thresholds calibrated for the shipped detector) are
     launch/params.yaml: ``PerceptorConfig.from_dict(hcq_ros.ros.node_params.load_perceptor_settings())``."""
     backend: str = "auto"
@@ -43,6 +45,7 @@ class PerceptorConfig:
     score_threshold: float = 0.5
     mask_threshold: float = 0.5
     max_people: int = 20
+    tracked_only: bool = False
     enable_person_net: bool = True
     enable_masks: bool = True
     enable_parts: bool = True
@@ -236,6 +239,8 @@ class Perceptor:
 
         persons = []
         for i in range(len(boxes)):
+            if c.tracked_only and tracks[i].track_id <= 0:
+                continue   # a detection no confirmed track owns: a newcomer, or a one-frame false positive
             persons.append(self._person(i, boxes[i], scores[i], keypoints[i], masks[i], tracks[i].track_id,
                                         person_out))
         _lap(timings, "assemble", t)

@@ -66,6 +66,17 @@ def test_tracks_are_confirmed_and_kept_over_frames(perceptor, frames):
     assert len(set(ids[0])) == len(ids[0])
 
 
+def test_tracked_only_holds_people_back_until_their_track_is_confirmed(model_dir, perceptor, frames):
+    tracker = {"high_score": 0.0, "low_score": 0.0, "new_track_score": 0.0, "min_hits": 3}
+    gated = Perceptor(tiny_config(model_dir, tracker=tracker, tracked_only=True), detector=perceptor.detector,
+                      person_net=perceptor.person_net)
+    counts = [len(gated.process(frames[0], stamp_ns=(k + 1) * 40_000_000).persons) for k in range(4)]
+    assert counts == [0, 0, 3, 3]          # 3 people (max_people), confirmed on their third frame
+    gated.set_runtime_options(tracked_only=False)
+    gated.reset()
+    assert len(gated.process(frames[0], stamp_ns=10**9).persons) == 3   # every detection, unconfirmed ones too
+
+
 def test_bad_frames_come_back_dropped_with_a_reason(model_dir, perceptor, frames):
     perceptor.reset()
     cases = {

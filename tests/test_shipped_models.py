@@ -15,9 +15,10 @@ DETECTOR = ENGINES / "hcq_small.pt"
 # On the `sequences` folder below, person_small at iteration 9000 scored reid_mAP 0.99, rank-1 1.00, attributes
 # 0.69, parts 0.33, PCK 0.67; the same network with random weights 0.29 / 0.00 / 0.47 / 0.02 / 0.19.
 PERSON_FLOORS = {"reid_mAP": 0.75, "reid_rank1": 0.80, "attr_acc": 0.55, "parts_mIoU": 0.20, "pose_PCK": 0.50}
-# hcq_small at iteration 6000 (the interim file) scored bbox AP 0.091, segm AP 0.041, keypoints AP 0.000 on the
-# `images` folder below. Its joints are not yet good enough for any keypoints floor; raise these with the next file.
-DETECTOR_FLOORS = {"bbox_AP": 0.05, "segm_AP": 0.02}
+# hcq_small iteration 6600 (the interim file) scored bbox AP 0.100 (AP50 0.337), segm AP 0.040, keypoints AP 0.000
+# on the `images` folder below; random weights score 0. Its joints are not good enough for any keypoints floor yet;
+# raise these with the next file.
+DETECTOR_FLOORS = {"bbox_AP": 0.05, "bbox_AP50": 0.20, "segm_AP": 0.02}
 
 
 def _shipped(path: Path):

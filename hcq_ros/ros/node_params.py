@@ -90,6 +90,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     # ---- Perceptor: runtime options (changed live with `ros2 param set`)
     ParamSpec("max_people", "int", "Most persons kept per frame (highest scores)", read_only=False, minimum=1,
               maximum=300, step=1, target="max_people"),
+    ParamSpec("tracked_only", "bool", "Publish only people of confirmed tracks (new people after min_hits frames)",
+              read_only=False, target="tracked_only"),
     ParamSpec("enable_person_net", "bool", "Run PersonNet on person crops (ReID, attributes, parts); false "
               "leaves only the detector's boxes, masks and poses", read_only=False, target="enable_person_net"),
     ParamSpec("score_threshold", "float", "Minimum person score", read_only=False, minimum=0.0, maximum=1.0,
