@@ -151,3 +151,25 @@ def test_demo_with_models_and_without(data, tmp_path, capsys):
     summary = json.loads((tmp_path / "gt.json").read_text())
     assert summary["mode"] == "ground_truth" and "metrics" not in summary
     assert not (out / "demo_annotated.mp4").exists()  # the earlier run's output is not left to pass for this one
+
+
+def test_tracked_only_scores_what_is_published_and_ablates_every_detection(data, tmp_path):
+    _, seq_dir, models = data
+    tracker = {"high_score": 0.0, "low_score": 0.0, "new_track_score": 0.0, "min_hits": 3}
+    results = {}
+    for tracked_only in (False, True):
+        perceptor = Perceptor(tiny_config(models, tracker=tracker, tracked_only=tracked_only))
+        try:
+            results[tracked_only] = evaluate_pipeline(perceptor, seq_dir, tmp_path / str(tracked_only),
+                                                      ablation=True, progress=False)
+            assert perceptor.config.tracked_only is tracked_only   # restored after the run
+        finally:
+            perceptor.close()
+    every, published = results[False], results[True]
+    # unconfirmed detections (a track's first two frames, boxes that jump) are held back; the MOT rows are
+    # confirmed tracks in both runs
+    assert 0 < published["pipeline"]["persons"] < every["pipeline"]["persons"]
+    assert published["mot_IDF1"] == every["mot_IDF1"] and published["id_switches"] == every["id_switches"]
+    def scores(rows):   # everything but the timing
+        return [{k: v for k, v in r.items() if k != "ms"} for r in rows]
+    assert scores(published["tracker_ablation"]) == scores(every["tracker_ablation"])   # from every detection

@@ -12,6 +12,10 @@
 3. scored with the shared functions: motmetrics (``mot_IDF1``, ``mot_MOTA``, ``id_switches``, ...), pycocotools
    (``bbox_AP``, ``segm_AP``, ``keypoints_AP``, ... over the sequence frames only), attribute accuracy, part mIoU.
 
+With ``tracked_only`` on (the node's default) the Perceptor runs with it off, so that the cache holds every
+detection, and the scored outputs keep the people of confirmed tracks, which is what the product publishes (the
+MOT rows are confirmed tracks either way).
+
 ``tracker_ablation``: the cached detections and embeddings are tracked again by a fresh ``Tracker`` per variant
 of ``hcq_ros.tracking.simulate.ABLATION_VARIANTS`` (IoU only, + ReID association, + lost-track
 re-identification) over the Perceptor's own tracker settings; only the tracker runs again.
@@ -117,6 +121,17 @@ def run_sequences(perceptor, data_dir: str | Path, coco=None, gt_ids: str = "app
                 bar.update(1)
             gt = _gt_rows(seq, coco, image_ids, gt_ids)
             out.append(SequenceResult(seq.name, seq.fps, length, seq.size, gt[gt[:, 0] <= length], frames))
+    return out
+
+
+def keep_tracked(sequences: list[SequenceResult]) -> list[SequenceResult]:
+    """Copies with only the persons of confirmed tracks (track_id > 0): what ``tracked_only`` publishes."""
+    out = []
+    for seq in sequences:
+        frames = [FrameResult(fr.image_id, fr.frame, fr.stamp_ns,
+                              replace(fr.result, persons=[p for p in fr.result.persons if p.track_id > 0]))
+                  for fr in seq.frames]
+        out.append(replace(seq, frames=frames))
     return out
 
 
@@ -288,9 +303,17 @@ def evaluate_pipeline(perceptor, data_dir: str | Path, pred_dir: str | Path, *, 
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder not found: {data_dir}")
     coco = load_coco_gt(data_dir / GT_ANNOTATIONS) if (data_dir / GT_ANNOTATIONS).is_file() else None
+    tracked_only = bool(getattr(perceptor.config, "tracked_only", False))
+    if tracked_only:
+        perceptor.set_runtime_options(tracked_only=False)   # cache every detection (tracker ablation)
     start = time.perf_counter()
-    sequences = run_sequences(perceptor, data_dir, coco, gt_ids, max_frames, progress)
+    try:
+        all_detections = run_sequences(perceptor, data_dir, coco, gt_ids, max_frames, progress)
+    finally:
+        if tracked_only:
+            perceptor.set_runtime_options(tracked_only=True)
     wall = time.perf_counter() - start
+    sequences = keep_tracked(all_detections) if tracked_only else all_detections
     pred = write_predictions(sequences, pred_dir, coco)
     metrics = score_sequences(sequences, data_dir, pred, coco, verbose)
     frames = [fr.result for s in sequences for fr in s.frames]
@@ -306,7 +329,7 @@ def evaluate_pipeline(perceptor, data_dir: str | Path, pred_dir: str | Path, *, 
         "predictions": {k: str(v) for k, v in pred.items()}}
     if ablation:
         base = TrackerConfig.from_dict(perceptor.config.tracker)
-        metrics["tracker_ablation"] = tracker_ablation(sequences, base)
+        metrics["tracker_ablation"] = tracker_ablation(all_detections, base)
     return metrics
 
 
