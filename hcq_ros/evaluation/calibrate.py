@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .pipeline_eval import FrameResult, SequenceResult, mot_rows, retrack, run_sequences
+from .pipeline_eval import SequenceResult, filter_persons, mot_rows, retrack, run_sequences
 
 SCORE_GRID = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 NEW_TRACK_STEPS = (0.0, 0.05, 0.1, 0.2)
@@ -33,13 +33,7 @@ NEW_TRACK_STEPS = (0.0, 0.05, 0.1, 0.2)
 
 def keep_above(sequences: list[SequenceResult], threshold: float) -> list[SequenceResult]:
     """Copies of the cached sequences with only the persons scoring >= threshold (as if published at it)."""
-    out = []
-    for seq in sequences:
-        frames = [FrameResult(fr.image_id, fr.frame, fr.stamp_ns,
-                              replace(fr.result, persons=[p for p in fr.result.persons if p.score >= threshold]))
-                  for fr in seq.frames]
-        out.append(replace(seq, frames=frames))
-    return out
+    return filter_persons(sequences, lambda p: p.score >= threshold)
 
 
 def candidate_settings(score_grid=SCORE_GRID, new_track_steps=NEW_TRACK_STEPS) -> list[tuple[float, float, float]]:

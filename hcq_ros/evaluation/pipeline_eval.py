@@ -124,15 +124,11 @@ def run_sequences(perceptor, data_dir: str | Path, coco=None, gt_ids: str = "app
     return out
 
 
-def keep_tracked(sequences: list[SequenceResult]) -> list[SequenceResult]:
-    """Copies with only the persons of confirmed tracks (track_id > 0): what ``tracked_only`` publishes."""
-    out = []
-    for seq in sequences:
-        frames = [FrameResult(fr.image_id, fr.frame, fr.stamp_ns,
-                              replace(fr.result, persons=[p for p in fr.result.persons if p.track_id > 0]))
-                  for fr in seq.frames]
-        out.append(replace(seq, frames=frames))
-    return out
+def filter_persons(sequences: list[SequenceResult], keep: Callable[[Person], bool]) -> list[SequenceResult]:
+    """Copies of cached sequences with only the persons ``keep`` accepts (the cache itself is unchanged)."""
+    return [replace(seq, frames=[replace(fr, result=replace(fr.result, persons=[p for p in fr.result.persons
+                                                                                 if keep(p)]))
+                                 for fr in seq.frames]) for seq in sequences]
 
 
 # ------------------------------------------------------------------------------------------ prediction files
@@ -313,7 +309,8 @@ def evaluate_pipeline(perceptor, data_dir: str | Path, pred_dir: str | Path, *, 
         if tracked_only:
             perceptor.set_runtime_options(tracked_only=True)
     wall = time.perf_counter() - start
-    sequences = keep_tracked(all_detections) if tracked_only else all_detections
+    # what tracked_only publishes: the persons of confirmed tracks
+    sequences = filter_persons(all_detections, lambda p: p.track_id > 0) if tracked_only else all_detections
     pred = write_predictions(sequences, pred_dir, coco)
     metrics = score_sequences(sequences, data_dir, pred, coco, verbose)
     frames = [fr.result for s in sequences for fr in s.frames]
