@@ -104,7 +104,8 @@ def test_trt_export_has_one_plugin_node_per_deformable_attention(trt_export):
     assert trt_export.name == "tiny_hcq.trt.onnx"
     register_trt_plugin_schema()   # a fresh process (another xdist worker exported) must know the plugin op
     onnx.checker.check_model(proto, full_check=True)
-    assert count_trt_plugin_nodes(proto) == config.enc_layers + config.dec_layers
+    assert config.pose_joint_features   # the small profile reads joint features through the plugin too
+    assert count_trt_plugin_nodes(proto) == config.enc_layers + 2 * config.dec_layers
     assert not [n for n in proto.graph.node if n.op_type == "GridSample"]   # nothing left for TensorRT to miscompile
 
     summaries = check_trt_plugin_nodes(proto)
@@ -115,17 +116,22 @@ def test_trt_export_has_one_plugin_node_per_deformable_attention(trt_export):
     encoder_queries = sum(h * w for h, w in levels[3 - config.enc_query_levels:])   # the coarsest levels only
     expected = sorted([(encoder_queries, config.enc_points)] * config.enc_layers
                       + [(config.num_queries, decoder_points)] * config.dec_layers)
-    got = []
+    got, joint_reads = [], 0
     for summary in summaries:
         inputs = summary["inputs"]
         assert summary["dtype"] == "FLOAT"
+        if inputs["spatial_shapes"] == [1, 2]:     # joint-feature read: one 1/4 level, one head, one point
+            assert inputs["value"] == [1, (SIZE[1] // 4) * (SIZE[0] // 4), 1, config.mask_dim]
+            assert inputs["sampling_locations"] == [1, config.num_queries * 17, 1, 1, 1, 2]
+            joint_reads += 1
+            continue
         assert inputs["value"] == [1, keys, heads, head_dim]
         assert inputs["spatial_shapes"] == [3, 2] and inputs["level_start_index"] == [3]
         lq, points = inputs["sampling_locations"][1], inputs["sampling_locations"][4]
         assert inputs["sampling_locations"] == [1, lq, heads, 3, points, 2]
         assert inputs["attention_weights"] == [1, lq, heads, 3, points]
         got.append((lq, points))
-    assert sorted(got) == expected
+    assert sorted(got) == expected and joint_reads == config.dec_layers
     # INT32 shape inputs, straight from the graph
     inferred = onnx.shape_inference.infer_shapes(proto)
     types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(
@@ -156,7 +162,7 @@ def test_metadata_sidecar_and_metadata_props_agree(trt_export):
     assert meta["source_iteration"] == 7
     assert meta["onnx_sha256"] == sha256_file(trt_export)
     assert json.loads((trt_export.parent / "summary.json").read_text()) == meta
-    assert meta["plugin_nodes"] == HCQ_TINY["enc_layers"] + HCQ_TINY["dec_layers"]
+    assert meta["plugin_nodes"] == HCQ_TINY["enc_layers"] + 2 * HCQ_TINY["dec_layers"]   # + joint-feature reads
     props = {p.key: p.value for p in onnx.load(str(trt_export)).metadata_props}
     embedded = json.loads(props[METADATA_KEY])
     assert embedded == {k: v for k, v in meta.items() if k not in ("onnx_file", "onnx_sha256")}

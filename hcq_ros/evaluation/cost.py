@@ -21,7 +21,7 @@ TRUNK = ("backbone", "pixel_decoder", "query_selection", "decoder")   # query_se
 SINGLE_TASK = {
     "detection": TRUNK + ("class_head", "box_heads"),
     "segmentation": TRUNK + ("class_head", "box_heads", "mask_head"),
-    "pose": TRUNK + ("class_head", "box_heads", "pose_heads"),
+    "pose": TRUNK + ("class_head", "box_heads", "pose_heads", "joint_heads"),
 }
 
 
@@ -48,13 +48,13 @@ def markdown(profile: str, size: int) -> str:
     for name, value in flops.items():
         if name != "total":
             lines.append(f"| {name} | {value / g:.3f} | {100 * value / total:.2f}% |")
-    heads = sum(flops.get(m, 0) for m in ("class_head", "box_heads", "pose_heads"))
+    heads = sum(flops.get(m, 0) for m in ("class_head", "box_heads", "pose_heads", "joint_heads"))
     lines += [f"| **unified HCQNet** | **{total / g:.3f}** | 100% |", "",
               "| three single-task models | GFLOPs |", "|---|---:|"]
     lines += [f"| {task} | {value / g:.3f} |" for task, value in single.items()]
     lines += [f"| **sum (run back to back)** | **{separate / g:.3f}** |", "",
               f"Unified / separate = **{total / separate:.2f}×** (paper, Swin-B at 1024²: 521 / 1643 = 0.32×). "
-              f"Class + box + pose heads: {100 * heads / total:.2f}% of the unified model (paper: < 0.1%); "
+              f"Class + box + pose heads (with the joint-feature heads): {100 * heads / total:.2f}% of the unified model (paper: < 0.1%); "
               f"the mask head's per-pixel product: {100 * flops.get('mask_head', 0) / total:.2f}%.", ""]
     return "\n".join(lines)
 

@@ -25,6 +25,7 @@ from torch import nn
 from hcq_ros.models.flops import flops_by_group
 
 from hcq_ros.models.backbone import build_backbone
+from hcq_ros.models.joint_features import JointFeatureHead, JointFeatureSampler
 from hcq_ros.models.heads import (CANONICAL_POSE_TEMPLATE, MLP, NUM_JOINTS, BoxHead, ClassHead, MaskHead,
                                   PoseHead, canonical_to_image, corners_to_cxcywh, corners_to_xyxy,
                                   inverse_sigmoid, sine_embed)
@@ -51,7 +52,9 @@ class HCQConfig:
     dec_offset_points (offset points per head per level, decoder; each head also samples ceil(17 / n_heads)
     joints at every level when keypoints_in_attention is on).
     Ablation switches (see PRESETS): tasks, query_keypoints, keypoints_in_heads, keypoints_in_attention,
-    pose_space. box_loss / pose_loss "rle" also give the model its sigma outputs.
+    pose_space. box_loss / pose_loss "rle" also give the model its sigma outputs. pose_joint_features: every
+    layer also corrects each joint from the mask features read at its current estimate (joint_features.py;
+    needs query_keypoints; not in the paper, on in the small profile).
     Losses (not architecture; ignored by checkpoint comparison): class_loss, *_weight, no_object_weight
     (weight of unmatched queries in the BCE class loss), mask_points (points sampled per mask),
     box_l1_weight / pose_l1_weight (used instead of box_weight / pose_weight with the "l1" option),
@@ -78,6 +81,7 @@ class HCQConfig:
     keypoints_in_heads: bool = True
     keypoints_in_attention: bool = True
     pose_space: str = "canonical"
+    pose_joint_features: bool = False
     box_loss: str = "rle"
     pose_loss: str = "rle"
     class_loss: str = "bce"
@@ -126,6 +130,9 @@ class HCQConfig:
             raise ValueError("HCQConfig.keypoints_in_heads / keypoints_in_attention need query_keypoints=True")
         if not self.with_pose and self.query_keypoints:
             raise ValueError("HCQConfig.query_keypoints needs tasks='det_pose_seg' (joints need pose supervision)")
+        if self.pose_joint_features and not self.query_keypoints:
+            raise ValueError("HCQConfig.pose_joint_features needs query_keypoints=True (it refines the query's "
+                             "joints from where they are)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -172,6 +179,7 @@ class HCQConfig:
 # reached only bbox AP 0.10 in 6000 iterations.
 PROFILES: dict[str, dict] = {
     "small": dict(profile="small", d_model=128, mask_dim=64, num_queries=50, query_init="encoder",
+                  pose_joint_features=True,
                   enc_layers=1, enc_query_levels=2,
                   dec_layers=3, n_heads=4, ffn_dim=256, enc_points=4, dec_offset_points=4, mask_points=12544),
     "base": dict(profile="base", d_model=256, mask_dim=256, num_queries=100, enc_layers=6, dec_layers=6,
@@ -182,15 +190,16 @@ PROFILES: dict[str, dict] = {
 # only (they set the positional query and are refined, but heads read E and attention samples only offsets);
 # beta = alpha + heads read Cat(E, K); full HCQNet = beta + the joints join the deformable-attention sampling set.
 # BaseNets carry only a box reference per query; BaseNet-DPS regresses joints directly in image space.
+# pose_joint_features (our addition, see joint_features.py) is off up to beta so those rows stay the paper's.
 PRESETS: dict[str, dict] = {
     "basenet_ds": dict(tasks="det_seg", query_keypoints=False, keypoints_in_heads=False,
-                       keypoints_in_attention=False, pose_space="image"),
+                       keypoints_in_attention=False, pose_space="image", pose_joint_features=False),
     "basenet_dps": dict(tasks="det_pose_seg", query_keypoints=False, keypoints_in_heads=False,
-                        keypoints_in_attention=False, pose_space="image"),
+                        keypoints_in_attention=False, pose_space="image", pose_joint_features=False),
     "hcqnet_alpha": dict(tasks="det_pose_seg", query_keypoints=True, keypoints_in_heads=False,
-                         keypoints_in_attention=False, pose_space="canonical"),
+                         keypoints_in_attention=False, pose_space="canonical", pose_joint_features=False),
     "hcqnet_beta": dict(tasks="det_pose_seg", query_keypoints=True, keypoints_in_heads=True,
-                        keypoints_in_attention=False, pose_space="canonical"),
+                        keypoints_in_attention=False, pose_space="canonical", pose_joint_features=False),
     "hcqnet": dict(tasks="det_pose_seg", query_keypoints=True, keypoints_in_heads=True,
                    keypoints_in_attention=True, pose_space="canonical"),
     "hcqnet_image_space": dict(tasks="det_pose_seg", query_keypoints=True, keypoints_in_heads=True,
@@ -326,6 +335,9 @@ class HCQNet(nn.Module):
         self.box_heads = nn.ModuleList(BoxHead(head_in, c.d_model, c.box_loss == "rle") for _ in range(c.dec_layers))
         self.pose_heads = nn.ModuleList(
             PoseHead(head_in, c.d_model, c.pose_loss == "rle") for _ in range(c.dec_layers)) if c.with_pose else None
+        self.joint_heads = nn.ModuleList(
+            JointFeatureHead(head_in, c.mask_dim, c.d_model // 2, c.pose_loss == "rle") for _ in range(c.dec_layers)
+        ) if c.pose_joint_features else None
 
     @staticmethod
     def check_images(images: torch.Tensor) -> None:
@@ -354,14 +366,16 @@ class HCQNet(nn.Module):
             selected = self.query_selection(memory, shapes, c.num_queries)
         content, corners, joints = self.decoder.initial_state(images.shape[0],
                                                               None if selected is None else selected["corners"])
+        sampler = JointFeatureSampler(enc["mask_features"]) if self.joint_heads is not None else None
         layer_outputs = []
         for i, layer in enumerate(self.decoder.layers):
             k_flat = self.decoder.keypoint_vector(corners, joints)
             query_pos = self.decoder.query_pos(k_flat)
-            extra = None
-            if c.keypoints_in_attention:
-                joints_img = canonical_to_image(corners, joints) if c.pose_space == "canonical" else joints
-                extra = self.decoder.attention_points(joints_img)
+            extra, sampled = None, None
+            if c.keypoints_in_attention or sampler is not None:
+                joints_in = canonical_to_image(corners, joints) if c.pose_space == "canonical" else joints
+                extra = self.decoder.attention_points(joints_in) if c.keypoints_in_attention else None
+                sampled = sampler.sample(joints_in) if sampler is not None else None
             content = layer(content, query_pos, corners_to_cxcywh(corners), extra, memory, shapes, starts)
             feat = torch.cat((content, k_flat), dim=-1) if c.keypoints_in_heads else content
 
@@ -373,7 +387,7 @@ class HCQNet(nn.Module):
                 out["pred_box_sigma"] = box_sigma
             new_joints = None
             if self.pose_heads is not None:
-                new_joints, joints_img, kpt_sigma = self._refine_joints(i, feat, joints, new_corners)
+                new_joints, joints_img, kpt_sigma = self._refine_joints(i, feat, joints, new_corners, sampled)
                 out["pred_keypoints"] = joints_img
                 if kpt_sigma is not None:
                     out["pred_kpt_sigma"] = kpt_sigma.sigmoid()
@@ -390,13 +404,19 @@ class HCQNet(nn.Module):
             result["enc_outputs"] = {"pred_logits": selected["enc_logits"], "pred_boxes": selected["enc_boxes"]}
         return result
 
-    def _refine_joints(self, i: int, feat: torch.Tensor, joints: torch.Tensor | None, new_corners: torch.Tensor):
+    def _refine_joints(self, i: int, feat: torch.Tensor, joints: torch.Tensor | None, new_corners: torch.Tensor,
+                       sampled: torch.Tensor | None = None):
         """-> (joints in pose space [B, Q, 17, 2], joints normalised image xy [B, Q, 17, 2], sigma logits or None).
 
         With query keypoints the head refines the query's joints; without, it regresses them directly (canonical:
         offsets from the template pose in the refined box; image: logit offsets from the refined box centre, as
-        PETR regresses joints around a reference point)."""
+        PETR regresses joints around a reference point). sampled [B, Q, 17, mask_dim]: features at the input
+        joints; the joint-feature head's correction is added (pose_joint_features)."""
         delta, sigma = self.pose_heads[i](feat)
+        if sampled is not None:
+            local_delta, local_sigma = self.joint_heads[i](feat, sampled)
+            delta = delta + local_delta
+            sigma = None if sigma is None else sigma + local_sigma
         canonical = self.config.pose_space == "canonical"
         if joints is not None:
             new_joints = joints + delta if canonical else (inverse_sigmoid(joints) + delta).sigmoid()
@@ -440,7 +460,8 @@ def load_checkpoint(path: str | Path, requested: HCQConfig | None = None,
     return model
 
 
-FLOP_GROUPS = ("backbone", "pixel_decoder", "query_selection", "decoder", "class_head", "box_heads", "pose_heads", "mask_head")
+FLOP_GROUPS = ("backbone", "pixel_decoder", "query_selection", "decoder", "class_head", "box_heads", "pose_heads",
+               "joint_heads", "mask_head")
 
 
 def flops_by_module(model: HCQNet, image_size: tuple[int, int]) -> dict[str, int]:
