@@ -300,3 +300,22 @@ def test_best_f1_and_its_score_threshold(gt_dir, gt_preds):
     m = evaluate_detections(coco, plain + fakes)
     assert m["bbox_best_F1"] < 1.0 and 0.6 <= m["bbox_best_F1_score"] <= 0.9
     assert evaluate_detections(coco, [])["bbox_AP"] is not None and "bbox_best_F1" not in evaluate_detections(coco, [])
+
+
+def test_joint_error_separates_exact_joints_from_the_template(gt_dir, gt_preds):
+    from hcq_ros.evaluation.pose_error import template_pose
+
+    coco = load_coco_gt(gt_dir / "annotations" / "person_keypoints.json")
+    results = json.loads((gt_preds / "detections.json").read_text())
+    exact = evaluate_detections(coco, results)
+    assert exact["keypoints_err"] == pytest.approx(0.0) and exact["keypoints_err_people"] >= 1
+    assert exact["keypoints_err_template"] > 0.05      # these GT poses are not the template
+    # every person's joints replaced by the template in its box: the two errors coincide
+    templated = copy.deepcopy(results)
+    for r in templated:
+        x0, y0, w, h = r["bbox"]
+        xy = np.array([x0, y0]) + template_pose() * np.array([w, h])
+        r["keypoints"] = np.concatenate([xy, np.ones((NUM_KEYPOINTS, 1))], axis=1).reshape(-1).tolist()
+    m = evaluate_detections(coco, templated)
+    assert m["keypoints_err"] == pytest.approx(m["keypoints_err_template"])
+    assert m["keypoints_err_template"] == pytest.approx(exact["keypoints_err_template"])

@@ -213,7 +213,8 @@ def evaluate_detections(gt: str | Path | COCO, results: Sequence[dict], verbose:
 
     Returns ``{"bbox_AP", "bbox_AP50", "bbox_AP75", "bbox_APs", "bbox_APm", "bbox_APl", "segm_*" (same),
     "keypoints_AP", "keypoints_AP50", "keypoints_AP75", "keypoints_APm", "keypoints_APl",
-    "keypoints_AP_nosmall", "bbox_best_F1", "bbox_best_F1_score" (see ``best_f1``), "det_num_predictions",
+    "keypoints_AP_nosmall", "bbox_best_F1", "bbox_best_F1_score" (see ``best_f1``), "keypoints_err",
+    "keypoints_err_template", "keypoints_err_people" (see ``pose_error``), "det_num_predictions",
     "det_non_person_entries"}`` (segm/keypoints keys only
     when the predictions carry them; every key when the list is empty).
     """
@@ -232,4 +233,7 @@ def evaluate_detections(gt: str | Path | COCO, results: Sequence[dict], verbose:
             out[f"{iou_type}_{suffix}"] = _average_precision(E, iou, area)
         if iou_type == "bbox":
             out["bbox_best_F1"], out["bbox_best_F1_score"] = best_f1(E)
+    if "keypoints" in iou_types:
+        from hcq_ros.evaluation.pose_error import joint_errors
+        out.update(joint_errors(coco, kept))
     return out
