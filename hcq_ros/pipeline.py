@@ -268,10 +268,12 @@ class Perceptor:
         parts = attributes = None
         embedding = np.zeros(0, np.float32)
         if person_out is not None:
-            if c.enable_parts and "part_logits" in person_out:
+            if c.enable_parts and ("part_labels" in person_out or "part_logits" in person_out):
                 # Labels on the crop grid, pasted nearest: pasting the [h, w, 15] float logits and taking the
-                # argmax at box size costs ~10x more (about 5 ms for a 150x350 px person on this CPU).
-                labels = person_out["part_logits"][i].argmax(0).astype(np.uint8)   # [h, w]
+                # argmax at box size costs ~10x more (about 5 ms for a 150x350 px person on this CPU). Exports
+                # carry the argmax (part_labels); numpy's over the channel axis is the fallback for older ones.
+                labels = (person_out["part_labels"][i] if "part_labels" in person_out
+                          else person_out["part_logits"][i].argmax(0)).astype(np.uint8)   # [h, w]
                 parts = paste_to_box(labels, person_out["_affines"][i], box)
                 if mask is not None:
                     parts[~mask] = 0   # one person's parts live inside that person's mask

@@ -106,6 +106,10 @@ def compare_person(ref: dict, got: dict, input_hw: tuple[int, int]) -> None:
     h, w = input_hw
     assert np.abs((ref["keypoints"] - got["keypoints"]) * np.array([w, h])).max() < 0.5
     assert (ref["part_logits"].argmax(1) == got["part_logits"].argmax(1)).mean() > 0.99
+    if "part_labels" in ref:   # the in-graph argmax: int32 and the argmax of the same runtime's logits
+        assert ref["part_labels"].dtype == got["part_labels"].dtype == np.int32
+        assert (got["part_labels"] == got["part_logits"].argmax(1)).all()
+        assert (ref["part_labels"] == got["part_labels"]).mean() > 0.99
 
 
 def run_torch_vs_onnxruntime(stem: Path) -> None:
@@ -164,7 +168,7 @@ def test_onnxruntime_exports_have_the_documented_form(tiny_models):
     dims = person.graph.input[0].type.tensor_type.shape.dim
     assert person.graph.input[0].name == "crops"
     assert dims[0].HasField("dim_param") and [d.dim_value for d in dims[1:]] == [3, 64, 32]
-    names = PersonNet(PersonNetConfig.preset("small", **PERSON_TINY)).output_names()
+    names = PersonNet(PersonNetConfig.preset("small", **PERSON_TINY)).output_names() + ["part_labels"]
     assert [o.name for o in person.graph.output] == names
     meta = read_export_metadata(person_path)
     assert meta["export_form"] == "plain" and meta["dynamic_batch"] and meta["input_size"] == [32, 64]
@@ -203,6 +207,7 @@ def test_empty_person_batch_never_reaches_the_session(tiny_models, monkeypatch):
     monkeypatch.setattr(backend.session, "run", fail)
     out = backend.infer({"crops": np.zeros((0, 3, 64, 32), np.float32)})
     assert out["embedding"].shape == (0, 32) and out["part_logits"].shape == (0, 15, 64, 32)
+    assert out["part_labels"].shape == (0, 64, 32) and out["part_labels"].dtype == np.int32
     assert list(out) == backend.output_names
 
 

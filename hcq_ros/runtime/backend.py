@@ -5,7 +5,8 @@ A backend runs one exported network with flat, named numpy I/O (the names of ``h
                 pred_boxes [B, Q, 4], pred_keypoints [B, Q, 17, 2], pred_kpt_sigma [B, Q, 17, 2],
                 pred_masks [B, Q, H/4, W/4] (+ pred_box_sigma [B, Q, 4]); present outputs only
     person net: crops [B, 3, H, W] float32 -> ``PersonNet.output_names()`` (embedding [B, D], attr_<name> ...,
-                keypoints [B, 17, 2], keypoint_conf [B, 17], part_logits [B, 15, H, W])
+                keypoints [B, 17, 2], keypoint_conf [B, 17], part_logits [B, 15, H, W]) + part_labels [B, H, W]
+                int32 (exports since session 4; older ones lack it)
 
 Interface: ``load(path_or_model)``, ``infer({name: array}) -> {name: array}``, ``close()``, and ``name``,
 ``input_names``, ``output_names``, ``input_shapes`` / ``output_shapes`` ({name: tuple, None = dynamic dim}).
@@ -47,6 +48,7 @@ class Backend(ABC):
         self.input_shapes: dict[str, tuple[int | None, ...]] = {}
         self.output_shapes: dict[str, tuple[int | None, ...]] = {}
         self.input_dtypes: dict[str, np.dtype] = {}
+        self.output_dtypes: dict[str, np.dtype] = {}   # where the runtime says (default float32)
         # optional per-input (min_shape, max_shape) bounds, e.g. a TensorRT optimisation profile
         self.shape_bounds: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
         self.metadata: dict[str, Any] = {}
@@ -132,7 +134,7 @@ class Backend(ABC):
             if shape is None or any(d is None for d in shape[1:]):
                 raise ValueError(f"{self.name} backend: cannot answer an empty batch, output {name!r} has "
                                  f"unknown shape {shape}")
-            out[name] = np.zeros((0, *shape[1:]), dtype=np.float32)
+            out[name] = np.zeros((0, *shape[1:]), dtype=self.output_dtypes.get(name, np.float32))
         return out
 
 

@@ -121,6 +121,7 @@ class OnnxRuntimeBackend(Backend):
         if unsupported:
             raise ValueError(f"onnxruntime backend: unsupported input types {unsupported}")
         self.input_dtypes = {i.name: NP_DTYPES[i.type] for i in inputs}
+        self.output_dtypes = {o.name: NP_DTYPES[o.type] for o in outputs if o.type in NP_DTYPES}
         return self
 
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -187,6 +187,7 @@ class TensorRTBackend(Backend):
             shape = tuple(None if d < 0 else int(d) for d in engine.get_tensor_shape(n))
             (self.input_shapes if n in self.input_names else self.output_shapes)[n] = shape
         self.input_dtypes = {n: self._io_dtypes[n] for n in self.input_names}
+        self.output_dtypes = {n: self._io_dtypes[n] for n in self.output_names}
         for n in self.input_names:
             if None in self.input_shapes[n]:
                 low, _, high = engine.get_tensor_profile_shape(n, 0)

@@ -72,7 +72,8 @@ class TorchBackend(Backend):
     def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = torch.from_numpy(inputs[self.input_names[0]]).to(self.device)
         outputs = self.module(x)
-        return {name: t.detach().float().cpu().numpy() for name, t in zip(self.output_names, outputs)}
+        return {name: (t.float() if t.is_floating_point() else t).detach().cpu().numpy()
+                for name, t in zip(self.output_names, outputs)}
 
     def _empty_outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # PersonNet runs an empty batch in PyTorch; HCQNet rejects B = 0, so one blank image gives the shapes.
