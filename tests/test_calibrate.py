@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from hcq_ros.cli import main
-from hcq_ros.evaluation.calibrate import best_row, calibrate, candidate_settings, keep_above, params_snippet
+from hcq_ros.evaluation.calibrate import (appearance_settings, best_row, calibrate, candidate_settings, keep_above,
+                                         params_snippet)
 from hcq_ros.evaluation.pipeline_eval import run_sequences
 from hcq_ros.pipeline import PerceptorConfig
 from hcq_ros.result import Person
@@ -85,3 +86,34 @@ def test_calibration_needs_a_perceptor_below_the_floor(seq_dir):
         calibrate(PosterPerceptor(seq_dir), seq_dir, floor=0.6, progress=False, score_grid=(0.1, 0.5))
     with pytest.raises(ValueError, match="no calibration rows"):
         best_row([])
+
+
+class NoisyEmbeddingPerceptor(GroundTruthPerceptor):
+    """Ground truth boxes (score 0.9) with a fresh random embedding per detection: appearance carries no identity."""
+
+    def __init__(self, data_dir):
+        super().__init__(data_dir)
+        self.config = PerceptorConfig(score_threshold=0.0)
+        self.rng = np.random.default_rng(0)
+
+    def process(self, image, stamp_ns, frame_id):
+        out = super().process(image, stamp_ns, frame_id)
+        for p in out.persons:
+            p.score = 0.9
+            e = self.rng.standard_normal(64).astype(np.float32)
+            p.embedding = e / np.linalg.norm(e)
+        return out
+
+
+def test_appearance_stage_prefers_iou_when_embeddings_are_noise(seq_dir):
+    result = calibrate(NoisyEmbeddingPerceptor(seq_dir), seq_dir, floor=0.1, progress=False, score_grid=(0.1, 0.5))
+    rows = result["appearance_rows"]
+    assert len(rows) == len(appearance_settings()) == 19
+    iou_only = rows[0]
+    assert iou_only["use_reid"] is False and iou_only["IDs"] == 0   # ground-truth boxes: no switch on IoU
+    # a tight appearance gate with meaningless embeddings splits tracks: those settings must score lower
+    gated = [r for r in rows if r["use_reid"] and r["appearance_gate"] == 0.3]
+    assert gated and all(r["IDF1"] < iou_only["IDF1"] for r in gated)
+    assert result["best_appearance"] == iou_only
+    snippet = params_snippet(result["best"], result["best_appearance"])
+    assert "use_reid: false" in snippet and "reidentify_lost: false" in snippet

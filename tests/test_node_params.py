@@ -125,7 +125,8 @@ def test_perceptor_config_mapping():
     assert options == {"score_threshold": 0.7, "enable_parts": False}
 
 
-CALIBRATED = {"high_score", "low_score", "new_track_score"}   # set for the shipped detector by hcq-ros calibrate
+CALIBRATED = {"high_score", "low_score", "new_track_score",        # set for the shipped detector by hcq-ros calibrate
+              "use_reid", "iou_weight", "appearance_gate", "reidentify_lost"}
 
 
 def test_tracker_parameters_match_tracker_config():

@@ -14,6 +14,10 @@ is tracked again (``pipeline_eval.retrack``; only the tracker runs) and scored w
 maximises IDF1 (ties: MOTA). ``tracker.low_score`` is set to the publication floor, so every published detection
 can still extend a track in the second (IoU-only) association, as in ByteTrack.
 
+A second stage, at the chosen thresholds, sweeps how much the tracker trusts appearance (``APPEARANCE_GRID``:
+IoU only, or ReID with iou_weight x appearance_gate x re-identification of lost tracks on/off): the ReID
+embedding of a detector's crop is only as good as its box, so the weight that helps depends on the detector.
+
 Use sequences that the reported figures are *not* computed on (another ``hcq-ros synth --seed``).
 """
 from __future__ import annotations
@@ -29,6 +33,19 @@ from .pipeline_eval import SequenceResult, filter_persons, mot_rows, retrack, ru
 
 SCORE_GRID = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 NEW_TRACK_STEPS = (0.0, 0.05, 0.1, 0.2)
+IOU_WEIGHTS = (0.5, 0.7, 0.9)
+APPEARANCE_GATES = (0.3, 0.5, 0.8)
+
+
+def appearance_settings(iou_weights=IOU_WEIGHTS, gates=APPEARANCE_GATES) -> list[dict]:
+    """Tracker overrides of the appearance stage: IoU only, then ReID over the grid, re-identification on/off."""
+    out = [{"use_reid": False, "reidentify_lost": False}]
+    for weight in iou_weights:
+        for gate in gates:
+            for reidentify in (True, False):
+                out.append({"use_reid": True, "iou_weight": float(weight), "appearance_gate": float(gate),
+                            "reidentify_lost": reidentify})
+    return out
 
 
 def keep_above(sequences: list[SequenceResult], threshold: float) -> list[SequenceResult]:
@@ -49,25 +66,39 @@ def candidate_settings(score_grid=SCORE_GRID, new_track_steps=NEW_TRACK_STEPS) -
     return out
 
 
-def sweep(sequences: list[SequenceResult], base_config, settings: list[tuple[float, float, float]]) -> list[dict]:
-    """One row per setting: {score_threshold, high_score, new_track_score, IDF1, MOTA, IDs, FP, FN}."""
+def track_and_score(sequences: list[SequenceResult], config) -> dict:
+    """Re-track every cached sequence with ``config``: {IDF1, MOTA, IDs, FP, FN} over all of them."""
     from .mot import evaluate_mot
 
+    results = {}
+    for seq in sequences:
+        ids, _ = retrack(seq.frames, config)
+        results[seq.name] = (seq.gt_rows, mot_rows(seq.frames, ids), seq.length)
+    m = evaluate_mot(results)
+    return {"IDF1": m["mot_IDF1"], "MOTA": m["mot_MOTA"], "IDs": m["id_switches"], "FP": m["mot_FP"],
+            "FN": m["mot_FN"]}
+
+
+def sweep(sequences: list[SequenceResult], base_config, settings: list[tuple[float, float, float]]) -> list[dict]:
+    """One row per setting: {score_threshold, high_score, new_track_score, IDF1, MOTA, IDs, FP, FN}."""
     rows = []
     by_floor: dict[float, list[SequenceResult]] = {}
     for floor, high, new in settings:
         if floor not in by_floor:
             by_floor[floor] = keep_above(sequences, floor)
         config = replace(base_config, low_score=floor, high_score=high, new_track_score=new)
-        results = {}
-        for seq in by_floor[floor]:
-            ids, _ = retrack(seq.frames, config)
-            results[seq.name] = (seq.gt_rows, mot_rows(seq.frames, ids), seq.length)
-        m = evaluate_mot(results)
         rows.append({"score_threshold": floor, "high_score": high, "new_track_score": new,
-                     "IDF1": m["mot_IDF1"], "MOTA": m["mot_MOTA"], "IDs": m["id_switches"], "FP": m["mot_FP"],
-                     "FN": m["mot_FN"]})
+                     **track_and_score(by_floor[floor], config)})
     return rows
+
+
+def sweep_appearance(sequences: list[SequenceResult], base_config, thresholds: dict,
+                     settings: list[dict]) -> list[dict]:
+    """At the chosen ``thresholds`` row: one row per appearance setting ({overrides..., IDF1, MOTA, ...})."""
+    kept = keep_above(sequences, thresholds["score_threshold"])
+    base = replace(base_config, low_score=thresholds["score_threshold"], high_score=thresholds["high_score"],
+                   new_track_score=thresholds["new_track_score"])
+    return [{**setting, **track_and_score(kept, replace(base, **setting))} for setting in settings]
 
 
 def best_row(rows: list[dict]) -> dict:
@@ -84,8 +115,8 @@ def calibrate(perceptor, data_dir: str | Path, floor: float = 0.05, max_frames: 
               progress: bool = True, score_grid=SCORE_GRID) -> dict:
     """Run the Perceptor once (publication floor ``floor``) and sweep the thresholds; see the module docstring.
 
-    Returns {"best": row, "rows": [...], "default": row of the Perceptor's current settings or None,
-    "sequences": n, "frames": n}."""
+    Returns {"best": thresholds row, "rows": [...], "best_appearance": appearance row (at those thresholds),
+    "appearance_rows": [...], "sequences": n, "frames": n}."""
     from hcq_ros.tracking.tracker import TrackerConfig
 
     if perceptor.config.score_threshold > floor:
@@ -97,15 +128,26 @@ def calibrate(perceptor, data_dir: str | Path, floor: float = 0.05, max_frames: 
     base = TrackerConfig.from_dict(perceptor.config.tracker)
     sequences = run_sequences(perceptor, data_dir, max_frames=max_frames, progress=progress)
     rows = sweep(sequences, base, candidate_settings(grid))
-    return {"best": best_row(rows), "rows": rows, "sequences": len(sequences),
+    best = best_row(rows)
+    appearance_rows = sweep_appearance(sequences, base, best, appearance_settings())
+    return {"best": best, "rows": rows, "best_appearance": best_row(appearance_rows),
+            "appearance_rows": appearance_rows, "sequences": len(sequences),
             "frames": sum(len(s.frames) for s in sequences)}
 
 
-def params_snippet(best: dict) -> str:
-    """The launch/params.yaml lines for the chosen thresholds."""
-    return (f"score_threshold: {best['score_threshold']}\n"
+def params_snippet(best: dict, appearance: dict | None = None) -> str:
+    """The launch/params.yaml lines for the chosen thresholds (and appearance settings)."""
+    text = (f"score_threshold: {best['score_threshold']}\n"
             f"tracker:\n  high_score: {best['high_score']}\n  low_score: {best['score_threshold']}\n"
             f"  new_track_score: {best['new_track_score']}\n")
+    for name in APPEARANCE_KEYS:
+        if appearance is not None and name in appearance:
+            value = appearance[name]
+            text += f"  {name}: {str(value).lower() if isinstance(value, bool) else value}\n"
+    return text
+
+
+APPEARANCE_KEYS = ("use_reid", "iou_weight", "appearance_gate", "reidentify_lost")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -144,7 +186,11 @@ def run(args: argparse.Namespace) -> int:
     for r in top:
         print(f"  score {r['score_threshold']:.2f}  high {r['high_score']:.2f}  new {r['new_track_score']:.2f}"
               f"  ->  IDF1 {fmt(r['IDF1'])}  MOTA {fmt(r['MOTA'])}  IDs {r['IDs']}  FP {r['FP']}  FN {r['FN']}")
-    print("launch/params.yaml:\n" + params_snippet(result["best"]))
+    print("appearance at those thresholds (best 5 of %d):" % len(result["appearance_rows"]))
+    for r in sorted(result["appearance_rows"], key=lambda r: -(r["IDF1"] or -1.0))[:5]:
+        setting = ", ".join(f"{k} {r[k]}" for k in APPEARANCE_KEYS if k in r)
+        print(f"  {setting}  ->  IDF1 {fmt(r['IDF1'])}  MOTA {fmt(r['MOTA'])}  IDs {r['IDs']}")
+    print("launch/params.yaml:\n" + params_snippet(result["best"], result["best_appearance"]))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1), encoding="utf-8")
