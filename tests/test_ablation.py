@@ -195,6 +195,9 @@ def test_every_variant_builds_and_takes_a_training_step(tmp_path):
     assert not presets["basenet_dps"].query_keypoints and presets["basenet_ds"].tasks == "det_seg"
     assert presets["hcqnet_image_space"].pose_space == "image" and presets["hcqnet_l1"].pose_loss == "l1"
     assert presets["hcqnet_beta"].keypoints_in_heads and not presets["hcqnet_beta"].keypoints_in_attention
+    # the paper's rows run without our per-joint refinement; one extra row has it (the shipped form)
+    assert not any(c.pose_joint_features for n, c in presets.items() if n != "hcqnet_joint_features")
+    assert presets["hcqnet_joint_features"].pose_joint_features
     assert {c.mask_points for c in presets.values()} == {256}          # the common overrides reach every variant
 
     single, multi = _person_configs(tmp_path)

@@ -20,6 +20,9 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "hcq_small.yaml"
 METRICS = {"bbox_AP": "det AP", "segm_AP": "seg AP", "keypoints_AP": "pose AP",
            "keypoints_AP_nosmall": "pose AP (no small)"}
 
+# The small profile turns on pose_joint_features (our addition); the paper's rows are run without it.
+PAPER_POSE_HEAD = "model.overrides.pose_joint_features=false"
+
 VARIANTS = [
     Variant("basenet_ds", "BaseNet-DS", ("model.preset=basenet_ds",),
             "Detection + segmentation only; queries carry a box reference, no joints."),
@@ -31,15 +34,19 @@ VARIANTS = [
             "offsets only."),
     Variant("hcqnet_beta", "HCQNet-β", ("model.preset=hcqnet_beta",),
             "HCQNet-α + heads read Cat(E, K)."),
-    Variant("hcqnet", "HCQNet", ("model.preset=hcqnet",),
+    Variant("hcqnet", "HCQNet", ("model.preset=hcqnet", PAPER_POSE_HEAD),
             "HCQNet-β + the joints join the deformable-attention sampling set (full model, canonical joints)."),
-    Variant("hcqnet_image_space", "HCQNet image-space", ("model.preset=hcqnet_image_space",),
+    Variant("hcqnet_image_space", "HCQNet image-space", ("model.preset=hcqnet_image_space", PAPER_POSE_HEAD),
             "Full HCQNet with joints kept in normalised image space instead of the box's canonical space."),
-    Variant("hcqnet_l1", "HCQNet L1", ("model.preset=hcqnet", "model.overrides.box_loss=l1",
+    Variant("hcqnet_joint_features", "HCQNet + joint features", ("model.preset=hcqnet",
+                                                                 "model.overrides.pose_joint_features=true"),
+            "Full HCQNet + per-joint refinement from the features at each joint (our addition; the shipped form)."),
+    Variant("hcqnet_l1", "HCQNet L1", ("model.preset=hcqnet", PAPER_POSE_HEAD, "model.overrides.box_loss=l1",
                                        "model.overrides.pose_loss=l1"),
             "Full HCQNet with L1 box and pose losses instead of RLE."),
 ]
-DEFAULT_VARIANTS = ("basenet_dps", "hcqnet_alpha", "hcqnet_beta", "hcqnet", "hcqnet_image_space")
+DEFAULT_VARIANTS = ("basenet_dps", "hcqnet_alpha", "hcqnet_beta", "hcqnet", "hcqnet_image_space",
+                    "hcqnet_joint_features")
 
 # DESIGN.md §5: the paper's numbers (COCO person val, Swin-B), AP in percent.
 COMPARISONS = [
@@ -53,6 +60,7 @@ COMPARISONS = [
     Comparison("keypoints_AP", "hcqnet_beta", "hcqnet_alpha"),
     Comparison("keypoints_AP", "hcqnet", "hcqnet_beta"),
     Comparison("keypoints_AP", "hcqnet", "hcqnet_l1"),
+    Comparison("keypoints_AP", "hcqnet_joint_features", "hcqnet"),
     Comparison("bbox_AP", "basenet_dps", "basenet_ds"),
     Comparison("segm_AP", "basenet_dps", "basenet_ds"),
 ]
