@@ -15,10 +15,11 @@ DETECTOR = ENGINES / "hcq_small.pt"
 # On the `sequences` folder below, person_small at iteration 9000 scored reid_mAP 0.99, rank-1 1.00, attributes
 # 0.69, parts 0.33, PCK 0.67; the same network with random weights 0.29 / 0.00 / 0.47 / 0.02 / 0.19.
 PERSON_FLOORS = {"reid_mAP": 0.75, "reid_rank1": 0.80, "attr_acc": 0.55, "parts_mIoU": 0.20, "pose_PCK": 0.50}
-# hcq_small iteration 6600 (the interim file) scored bbox AP 0.100 (AP50 0.337), segm AP 0.040, keypoints AP 0.000
-# on the `images` folder below; random weights score 0. Its joints are not good enough for any keypoints floor yet;
-# raise these with the next file.
-DETECTOR_FLOORS = {"bbox_AP": 0.05, "bbox_AP50": 0.20, "segm_AP": 0.02}
+# hcq_small (run 3, iteration 5000) scored bbox AP 0.140 (AP50 0.360), segm AP 0.074, keypoints AP 0.001 on the
+# `images` folder below (the previous file, run 1 at 6600: 0.100 / 0.337 / 0.040); random weights score 0. Its joint
+# error is 0.231 box scales against 0.270 for the template pose in the same boxes (43 people): the joints must stay
+# better than the template (keypoints AP is too close to 0 for a floor).
+DETECTOR_FLOORS = {"bbox_AP": 0.08, "bbox_AP50": 0.25, "segm_AP": 0.04}
 
 
 def _shipped(path: Path):
@@ -59,6 +60,8 @@ def test_shipped_detector_scores_above_its_floors(images):
     assert metrics["model"] == "HCQNet"
     low = {k: round(metrics[k], 3) for k, floor in DETECTOR_FLOORS.items() if not metrics[k] >= floor}
     assert not low, f"below the floors {DETECTOR_FLOORS}: {low}"
+    assert metrics["keypoints_err_people"] >= 20
+    assert metrics["keypoints_err"] < 0.95 * metrics["keypoints_err_template"], "joints no better than the template"
 
 
 @_shipped(DETECTOR)
