@@ -14,7 +14,7 @@ is tracked again (``pipeline_eval.retrack``; only the tracker runs) and scored w
 maximises IDF1 (ties: MOTA). ``tracker.low_score`` is set to the publication floor, so every published detection
 can still extend a track in the second (IoU-only) association, as in ByteTrack.
 
-A second stage, at the chosen thresholds, sweeps how much the tracker trusts appearance (``APPEARANCE_GRID``:
+A second stage, at the chosen thresholds, sweeps how much the tracker trusts appearance (``appearance_settings``:
 IoU only, or ReID with iou_weight x appearance_gate x re-identification of lost tracks on/off): the ReID
 embedding of a detector's crop is only as good as its box, so the weight that helps depends on the detector.
 
@@ -35,6 +35,7 @@ SCORE_GRID = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 NEW_TRACK_STEPS = (0.0, 0.05, 0.1, 0.2)
 IOU_WEIGHTS = (0.5, 0.7, 0.9)
 APPEARANCE_GATES = (0.3, 0.5, 0.8)
+APPEARANCE_KEYS = ("use_reid", "iou_weight", "appearance_gate", "reidentify_lost")   # what the second stage sets
 
 
 def appearance_settings(iou_weights=IOU_WEIGHTS, gates=APPEARANCE_GATES) -> list[dict]:
@@ -146,8 +147,6 @@ def params_snippet(best: dict, appearance: dict | None = None) -> str:
             text += f"  {name}: {str(value).lower() if isinstance(value, bool) else value}\n"
     return text
 
-
-APPEARANCE_KEYS = ("use_reid", "iou_weight", "appearance_gate", "reidentify_lost")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

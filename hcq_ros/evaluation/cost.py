@@ -54,7 +54,8 @@ def markdown(profile: str, size: int) -> str:
     lines += [f"| {task} | {value / g:.3f} |" for task, value in single.items()]
     lines += [f"| **sum (run back to back)** | **{separate / g:.3f}** |", "",
               f"Unified / separate = **{total / separate:.2f}×** (paper, Swin-B at 1024²: 521 / 1643 = 0.32×). "
-              f"Class + box + pose heads (with the joint-feature heads): {100 * heads / total:.2f}% of the unified model (paper: < 0.1%); "
+              f"Class + box + pose heads (with the joint-feature heads): {100 * heads / total:.2f}% of the unified "
+              f"model (paper: < 0.1%); "
               f"the mask head's per-pixel product: {100 * flops.get('mask_head', 0) / total:.2f}%.", ""]
     return "\n".join(lines)
 
