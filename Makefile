@@ -46,6 +46,8 @@ ship-detector: $(STAMP) | $(VAL500) $(CALIB_SEQ)
 	$(PY) -m hcq_ros.train.snapshot $(RUN)/last.pt engines/hcq_small.pt
 	$(VENV)/bin/hcq-ros export --model engines/hcq_small.pt --target all --size 320 320
 	$(VENV)/bin/hcq-ros export --model engines/hcq_small.pt --target onnxruntime-int8 --size 320 320
+	$(VENV)/bin/hcq-ros eval --model engines/hcq_small.int8.onnx --data $(VAL500) \
+	    --json docs/hcq_small_int8_heldout.json
 	$(VENV)/bin/hcq-ros eval --model engines/hcq_small.pt --data $(VAL500) --input-size 320 320 \
 	    --json docs/hcq_small_heldout.json
 	$(VENV)/bin/hcq-ros calibrate --data $(CALIB_SEQ) --json docs/hcq_small_calibration.json --no-progress

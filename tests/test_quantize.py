@@ -34,7 +34,7 @@ from hcq_ros.runtime.export import export_model, flat_io_module, load_model_chec
     sha256_file
 from hcq_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from hcq_ros.runtime.quantize import (CALIB_SEED_START, count_qdq, detector_calibration, export_int8,
-                                      person_calibration, quantize_onnx)
+                                      float_nodes, node_modules, person_calibration, quantize_onnx)
 
 from helpers import once_per_session  # noqa: E402  (tests/ is on sys.path under pytest)
 
@@ -195,7 +195,76 @@ def test_eval_scores_an_onnx_person_net(models, tmp_path):
     metrics = json.loads(out.read_text())
     assert metrics["model"] == "PersonNet" and metrics["eval_crops"] > 0
     assert 0.0 <= metrics["attr_acc"] <= 1.0 and 0.0 <= metrics["pose_PCK"] <= 1.0
-    assert main(["eval", "--model", str(models / "det.int8.onnx"), "--data", str(data)]) == 2   # detector: --pipeline
+
+
+def test_eval_scores_a_detector_export_like_its_checkpoint(models, tmp_path):
+    """``hcq-ros eval --model X.onnx`` on an HCQNet export: the same predictions and AP as the torch checkpoint at the
+    export's size (the fp32 export matches torch to ~1e-5), and an int8 file is scored the same way."""
+    from hcq_ros.cli import main
+    from hcq_ros.evaluation.cli import evaluate_checkpoint
+
+    data = tmp_path / "images"
+    assert main(["synth", "--out", str(data), "--images", "6", "--size", "96", "--max-people", "3", "--seed", "5",
+                 "--no-progress"]) == 0
+    torch.manual_seed(0)
+    model = HCQNet(HCQConfig.preset("hcqnet", "small", **HCQ_TINY))
+    with torch.no_grad():   # the focal prior starts every score at 0.01: lift them over the 0.05 COCO threshold
+        model.class_head.linear.bias += 3.0
+    save_hcq(tmp_path / "det.pt", model, iteration=1)
+    export_model(tmp_path / "det.pt", "onnxruntime", tmp_path, SIZE)
+    ref = evaluate_checkpoint(tmp_path / "det.pt", data, input_size=SIZE)
+    got = evaluate_checkpoint(tmp_path / "det.onnx", data)
+    assert got["model"] == "HCQNet" and got["precision"] == "fp32" and got["input_size"] == list(SIZE)
+    assert got["det_num_predictions"] == ref["det_num_predictions"] > 0
+    for key in ("bbox_AP", "bbox_AP50", "segm_AP", "keypoints_AP"):
+        assert abs(got[key] - ref[key]) < 1e-3, key
+    out = tmp_path / "int8.json"
+    quantize_onnx(tmp_path / "det.onnx", tmp_path / "det.int8.onnx", detector_calibration(SIZE, 2).batches)
+    assert main(["eval", "--model", str(tmp_path / "det.int8.onnx"), "--data", str(data), "--json", str(out)]) == 0
+    int8 = json.loads(out.read_text())
+    assert int8["precision"] == "int8" and int8["det_num_predictions"] > 0 and 0.0 <= int8["bbox_AP"] <= 1.0
+    bare = onnx.load(str(tmp_path / "det.onnx"))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    with pytest.raises(ValueError, match="bare.onnx: --model X.onnx scores PersonNet and HCQNet exports, this is an "
+                                         "ONNX without hcq_ros export metadata"):
+        evaluate_checkpoint(tmp_path / "bare.onnx", data)
+
+
+def test_keep_float_leaves_the_named_modules_unquantised(models, tmp_path):
+    src = export_model(models / "det.pt", "onnxruntime", tmp_path, SIZE).onnx_path
+    modules = node_modules(onnx.load(str(src)))
+    assert any(m.startswith("decoder.layers.0.") for m in modules.values())
+    assert any(m.startswith("backbone.") for m in modules.values())
+    batches = detector_calibration(SIZE, 2).batches
+    full = quantize_onnx(src, tmp_path / "full.int8.onnx", batches)["quantization"]
+    part = quantize_onnx(src, tmp_path / "part.int8.onnx", batches, keep_float=("decoder", "class_head"))
+    q = part["quantization"]
+    assert full["float_nodes"] == 0 and q["keep_float"] == ["decoder", "class_head"]
+    assert q["float_nodes"] > 0 and q["quantize_nodes"] < full["quantize_nodes"]
+    # the ops of the kept modules read float weights (no DequantizeLinear in front), the backbone's do not
+    proto = onnx.load(str(tmp_path / "part.int8.onnx"))
+    made_by = {o: n for n in proto.graph.node for o in n.output}
+    src_modules = node_modules(onnx.load(str(src)))
+    seen = set()
+    for node in proto.graph.node:
+        if node.op_type not in ("Conv", "MatMul", "Gemm"):
+            continue
+        module = src_modules.get(node.name) or src_modules.get(node.name.split("/")[0], "")
+        weight_dq = made_by.get(node.input[1]) is not None and made_by[node.input[1]].op_type == "DequantizeLinear"
+        if module.startswith(("decoder.", "class_head")):
+            assert not weight_dq, node.name
+            seen.add("float")
+        elif module.startswith("backbone."):
+            assert weight_dq, node.name
+            seen.add("int8")
+    assert seen == {"float", "int8"}
+    backend = OnnxRuntimeBackend(**ORT).load(tmp_path / "part.int8.onnx")
+    assert np.isfinite(backend.infer(batches[0])["pred_logits"]).all()
+    with pytest.raises(ValueError, match=r"no Conv/MatMul/Gemm node comes from module\(s\) \['decoders'\]"):
+        quantize_onnx(src, tmp_path / "bad.int8.onnx", batches, keep_float=("decoders",))
+    with pytest.raises(ValueError, match="top-level modules of this export"):
+        float_nodes(onnx.load(str(src)), onnx.load(str(src)), ("nothing",))
 
 
 # ----------------------------------------------------------------------------------------- errors
@@ -209,6 +278,9 @@ def test_errors_are_clear(models, tmp_path, capsys):
     assert export_cli.run(argparse.Namespace(model=models / "person.pt", **{**base, "target": "onnxruntime",
                                                                           "calib": 8})) == 2
     assert "only apply to --target onnxruntime-int8" in capsys.readouterr().err
+    assert export_cli.run(argparse.Namespace(model=models / "person.pt", **{**base, "target": "onnxruntime",
+                                                                          "keep_float": ["decoder"]})) == 2
+    assert "--keep-float only apply to --target onnxruntime-int8" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown calibration method"):
         export_int8(models / "person.pt", tmp_path, method="kl")
     with pytest.raises(FileNotFoundError, match="nothing.onnx"):

@@ -9,7 +9,8 @@ A checkpoint says which network it holds: a PersonNet (``person_config``) is sco
 (``hcq_config``) by ``detector.evaluate_detector`` (COCO AP at ``--input-size``, default the training run's
 ``data.image_size`` stored in the checkpoint, else 256). ``--model`` may also be a PersonNet ONNX export
 (``X.onnx`` or the int8 ``X.int8.onnx``): the same PersonNet metrics, run through the onnxruntime backend
-(``evaluate_onnx_person_net``); detector exports are scored with ``--pipeline --detector X``.
+(``evaluate_onnx_person_net``); an HCQNet export by ``detector.evaluate_exported_detector`` (COCO AP at the
+export's input size; the whole pipeline on sequences is ``--pipeline --detector X``).
 
 Each ``--pred`` is sorted into its kind (``predictions.find_predictions``: detections json, part PNG folder,
 ReID npz, MOT result folder, or a folder bundling several) and every metric that applies is computed with
@@ -159,6 +160,13 @@ def evaluate_checkpoint(ckpt_path: str | Path, data_dir: str | Path, input_size:
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder not found: {data_dir}")
     if ckpt_path.name.endswith(".onnx"):
+        from hcq_ros.runtime.export import read_export_metadata
+
+        if read_export_metadata(ckpt_path).get("kind") == "hcq":
+            from .detector import evaluate_exported_detector
+
+            return {"model": "HCQNet", **evaluate_exported_detector(ckpt_path, data_dir / GT_ANNOTATIONS, data_dir,
+                                                                     verbose=verbose)}
         return evaluate_onnx_person_net(ckpt_path, data_dir, frame_step)
     ckpt = torch.load(str(ckpt_path), map_location="cpu", weights_only=False)
     from hcq_ros.models import hcq, person_net
@@ -195,8 +203,7 @@ def evaluate_onnx_person_net(onnx_path: str | Path, data_dir: str | Path, frame_
     meta = read_export_metadata(onnx_path)
     if meta.get("kind") != "person":
         held = f"a {meta['kind']!r} export" if meta.get("kind") else "an ONNX without hcq_ros export metadata"
-        raise ValueError(f"{onnx_path}: --model X.onnx scores PersonNet exports only, this is {held} (score a "
-                         "detector export with --pipeline --detector X.onnx)")
+        raise ValueError(f"{onnx_path}: --model X.onnx scores PersonNet and HCQNet exports, this is {held}")
     backend = OnnxRuntimeBackend().load(onnx_path)
     try:
         shape = backend.input_shapes.get("crops") or ()

@@ -1,5 +1,7 @@
 """Score an HCQNet on a COCO-layout folder: letterbox -> model -> postprocessor -> COCO results -> the same
-``evaluate_detections`` that scores prediction files (``hcq-ros eval --gt --pred``)."""
+``evaluate_detections`` that scores prediction files (``hcq-ros eval --gt --pred``). The model is a torch HCQNet
+(``evaluate_detector``) or an ONNX export run by the onnxruntime backend (``evaluate_exported_detector``, the fp32
+``.onnx`` or the int8 ``.int8.onnx``: how much AP the int8 profile costs, on the same images)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,6 +35,7 @@ def detections_to_coco(image_id: int, det: dict) -> list[dict]:
 def predict_coco(model, images: Iterable[tuple[int, np.ndarray]], input_size: tuple[int, int],
                  score_threshold: float = 0.05, batch_size: int = 8) -> list[dict]:
     """Run ``model`` on (image_id, RGB image) pairs letterboxed to ``input_size`` (W, H); COCO results list.
+    ``model``: a torch HCQNet, or any callable images float32 [B, 3, H, W] -> the HCQNet's raw output dict.
 
     A low score threshold is the COCO convention: AP integrates over the whole precision/recall curve.
     """
@@ -40,8 +43,9 @@ def predict_coco(model, images: Iterable[tuple[int, np.ndarray]], input_size: tu
     from hcq_ros.models.postprocess import HCQPostProcess
 
     post = HCQPostProcess(score_threshold=score_threshold, max_people=100)
-    was_training = model.training
-    model.eval()
+    was_training = isinstance(model, torch.nn.Module) and model.training
+    if isinstance(model, torch.nn.Module):
+        model.eval()
     results: list[dict] = []
     batch: list[tuple[int, torch.Tensor, tuple, tuple]] = []
 
@@ -61,7 +65,8 @@ def predict_coco(model, images: Iterable[tuple[int, np.ndarray]], input_size: tu
             flush()
     if batch:
         flush()
-    model.train(was_training)
+    if was_training:
+        model.train()
     return results
 
 
@@ -79,6 +84,41 @@ def evaluate_detector(model, ann_file: str | Path, image_root: str | Path, input
     if max_images:   # score only the images that were run
         coco = _subset(coco, ids)
     return evaluate_detections(coco, results, verbose=verbose)
+
+
+def evaluate_exported_detector(onnx_path: str | Path, ann_file: str | Path, image_root: str | Path,
+                               max_images: int | None = None, threads: int | None = None,
+                               verbose: bool = False) -> dict:
+    """COCO metrics of an HCQNet ONNX export (fp32 ``.onnx`` or ``.int8.onnx``) through the onnxruntime backend, at
+    the export's static input size; the same letterbox, postprocessor and scoring as ``evaluate_detector``. Not an
+    HCQNet export (PersonNet, no hcq_ros metadata, the TensorRT-plugin form) -> ValueError."""
+    from hcq_ros.runtime.export import read_export_metadata
+    from hcq_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    onnx_path = Path(onnx_path)
+    meta = read_export_metadata(onnx_path)
+    if meta.get("kind") != "hcq":
+        held = f"a {meta['kind']!r} export" if meta.get("kind") else "an ONNX without hcq_ros export metadata"
+        raise ValueError(f"{onnx_path}: not an HCQNet export, this is {held}")
+    if str(meta.get("target", "")).startswith("tensorrt"):
+        raise ValueError(f"{onnx_path}: the TensorRT-plugin form needs TensorRT; score the onnxruntime form "
+                         f"(.onnx / .int8.onnx) of the same checkpoint")
+    backend = OnnxRuntimeBackend(intra_op_threads=threads).load(onnx_path)
+    try:
+        shape = backend.input_shapes.get("images") or ()
+        if len(shape) != 4 or shape[2] is None or shape[3] is None:
+            raise ValueError(f"{onnx_path}: detector export without a static input size (input shape {shape})")
+        input_size = (int(shape[3]), int(shape[2]))
+
+        def forward(x: torch.Tensor) -> dict:   # the export's batch is 1: run the images one by one
+            outs = [backend.infer({"images": x[i:i + 1].numpy()}) for i in range(len(x))]
+            return {k: torch.from_numpy(np.concatenate([o[k] for o in outs])) for k in outs[0]}
+
+        metrics = evaluate_detector(forward, ann_file, image_root, input_size, max_images, verbose)
+    finally:
+        backend.close()
+    return {"file": str(onnx_path), "precision": meta.get("precision", "fp32"),
+            "input_size": list(input_size), **metrics}
 
 
 def _subset(coco, ids):

@@ -1,11 +1,11 @@
 """``hcq-ros export --model CKPT --target onnxruntime|tensorrt|onnxruntime-int8|all [--out DIR] [--size W H]
-[--name NAME] [--calib N] [--calib-method M]``.
+[--name NAME] [--calib N] [--calib-method M] [--keep-float MODULE ...]``.
 
 Writes ``<out>/<name>.onnx`` (onnxruntime: deformable attention as grid_sample) and/or ``<out>/<name>.trt.onnx``
 (TensorRT: plugin nodes), each with a ``.json`` metadata sidecar; see ``hcq_ros.runtime.export``.
 ``onnxruntime-int8`` writes ``<out>/<name>.int8.onnx`` + ``<name>.int8.json``: the onnxruntime export quantised to
-int8 (QDQ) with ``--calib`` SynthHumans calibration samples (``hcq_ros.runtime.quantize``). ``all`` = the two float
-targets.
+int8 (QDQ) with ``--calib`` SynthHumans calibration samples (``hcq_ros.runtime.quantize``), the ops of the
+``--keep-float`` modules left float32. ``all`` = the two float targets.
 """
 from __future__ import annotations
 
@@ -33,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{DEFAULT_CALIB['hcq']} / {DEFAULT_CALIB['person']})")
     parser.add_argument("--calib-method", choices=METHODS, default=DEFAULT_METHOD,
                         help=f"onnxruntime-int8: activation range calibration (default {DEFAULT_METHOD})")
+    parser.add_argument("--keep-float", nargs="*", default=None, metavar="MODULE",
+                        help="onnxruntime-int8: module paths whose Conv/MatMul/Gemm stay float32, e.g. "
+                             "query_selection decoder (default: the model kind's DEFAULT_KEEP_FLOAT in "
+                             "hcq_ros/runtime/quantize.py; an empty list quantises all)")
     parser.add_argument("--json", type=Path, metavar="OUT", default=None, help="write the export metadata here")
 
 
@@ -54,17 +58,20 @@ def run(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> list[dict]:
     int8 = args.target == INT8_TARGET
     calib, method = getattr(args, "calib", None), getattr(args, "calib_method", DEFAULT_METHOD)
-    if not int8 and (calib is not None or method != DEFAULT_METHOD):
-        raise ValueError(f"--calib / --calib-method only apply to --target {INT8_TARGET}")
+    keep_float = getattr(args, "keep_float", None)
+    if not int8 and (calib is not None or method != DEFAULT_METHOD or keep_float is not None):
+        raise ValueError(f"--calib / --calib-method / --keep-float only apply to --target {INT8_TARGET}")
     size = tuple(args.size) if args.size else None
     results = []
     for target in (TARGETS if args.target == "all" else (args.target,)):
         if int8:
-            result = export_int8(args.model, args.out, size, args.name, args.opset, calib, method)
+            result = export_int8(args.model, args.out, size, args.name, args.opset, calib, method,
+                                 keep_float=None if keep_float is None else tuple(keep_float))
             q = result.metadata["quantization"]
             print(describe_export(result) + f"\n  int8: {q['method']} calibration on {q['calibration_count']} "
                   f"{q['calibration_unit']} (SynthHumans seeds {q['calibration_seeds'][0]}.."
-                  f"{q['calibration_seeds'][1]}), {q['quantize_nodes']} QuantizeLinear nodes")
+                  f"{q['calibration_seeds'][1]}), {q['quantize_nodes']} QuantizeLinear nodes, "
+                  f"{q['float_nodes']} ops of {q['keep_float'] or 'no module'} left float32")
         else:
             result = export_model(args.model, target, args.out, size, args.name, args.opset)
             print(describe_export(result))

@@ -27,11 +27,27 @@ VAL`` on the held-out folder of engines/README.md (922 crops, 39 ReID queries: o
     entropy      0.9635    0.9744      0.7516    0.4233      0.8240
 MinMax is the closest to fp32 on ReID, attributes and pose, 0.0006 behind percentile on parts, and the cheapest
 (5.8 s against 7.7 s / 11.5 s for 256 crops on 2 cores).
+
+Detector ops left float32 (``DEFAULT_KEEP_FLOAT``): the output heads. Quantising every Conv/MatMul/Gemm of the
+shipped HCQNet (run 3) cost 3.4 bbox AP points, three times the 1-point budget of the int8 profile. Measured with
+``hcq-ros export --model engines/hcq_small.pt --target onnxruntime-int8 --size 320 320 --keep-float M...`` and
+``hcq-ros eval --model X.int8.onnx --data H`` on the 500 held-out images of engines/README.md:
+    left float32                                 bbox_AP  bbox_AP50  segm_AP  keypoints_err
+    fp32 .onnx (all)                              0.1595   0.3736     0.0935   0.2259
+    nothing                                       0.1256   0.3270     0.0918   0.2421
+    query_selection                               0.1334   0.3446     0.0955   0.2382
+    heads (class, box, pose, joint, mask)         0.1593   0.3757     0.0924   0.2267
+    query_selection + heads                       0.1617   0.3742     0.0932   0.2254
+The heads turn the last decoder features into box and joint coordinates, where one uint8 step of the activation
+range is a visible shift. On the whole pipeline (held-out sequences of the README, int8 PersonNet, the node's
+thresholds) the heads alone still lost 1.3 bbox AP points against the fp32 models (0.158 vs 0.171), query selection
++ heads 0.9 (0.162): the default keeps both, 15% of the detector's FLOPs (docs/cost.md).
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +68,10 @@ DEFAULT_METHOD = "minmax"            # measured, see the module docstring
 OP_TYPES = ("Conv", "MatMul", "Gemm")
 CALIB_SEED_START = 7_100_000
 DEFAULT_CALIB = {"hcq": 64, "person": 256}   # detector frames / PersonNet crops
+# Module paths whose ops stay float32 by default (measured, see the module docstring); a model without one of them
+# (e.g. no joint heads) just has nothing to keep there.
+DEFAULT_KEEP_FLOAT: dict[str, tuple[str, ...]] = {
+    "hcq": ("query_selection", "class_head", "box_heads", "pose_heads", "joint_heads", "mask_head"), "person": ()}
 CALIB_SCENE = 320                    # PersonNet calibration scenes: 320 x 320, <= 8 people (the product's input)
 MIN_CROP_HEIGHT = 16.0
 STRIDE = 8                           # calibration batches per range update (bounds the memory of the collection)
@@ -141,6 +161,45 @@ class _Reader:
         self.pos = self.start
 
 
+_MODULE_RE = re.compile(r"/model\.([\w.]+):")
+
+
+def node_modules(proto: onnx.ModelProto) -> dict[str, str]:
+    """{node name: dotted path of the innermost nn.Module that made it} from the ``namespace`` metadata the dynamo
+    exporter writes on each node (e.g. "query_selection.box_head.layers.0"); nodes without one are left out."""
+    out = {}
+    for node in proto.graph.node:
+        namespace = next((p.value for p in node.metadata_props if p.key == "namespace"), "")
+        found = _MODULE_RE.findall(namespace)
+        if found:
+            out[node.name] = found[-1]
+    return out
+
+
+def float_nodes(src: onnx.ModelProto, prepared: onnx.ModelProto, keep_float: tuple[str, ...],
+                op_types: tuple[str, ...] = OP_TYPES, require_all: bool = True) -> list[str]:
+    """Names of the ``op_types`` nodes of ``prepared`` (``quant_pre_process``'s output of ``src``) made by a module
+    under one of the ``keep_float`` paths ("decoder" matches "decoder.layers.0.ffn.0", not "decoder2"). The
+    pre-processing renames the nodes it fuses to "<src name>/<fusion>", so a name maps back through its prefix. A
+    path that matches no node -> ValueError when ``require_all`` (a typo would silently quantise everything)."""
+    modules = node_modules(src)
+    names, used = [], set()
+    for node in prepared.graph.node:
+        if node.op_type not in op_types:
+            continue
+        module = modules.get(node.name) or modules.get(node.name.split("/")[0])
+        hit = next((k for k in keep_float if module and (module == k or module.startswith(k + "."))), None)
+        if hit is not None:
+            names.append(node.name)
+            used.add(hit)
+    unused = [k for k in keep_float if k not in used]
+    if unused and require_all:
+        known = sorted({m.split(".")[0] for m in modules.values()})
+        raise ValueError(f"keep_float: no {'/'.join(op_types)} node comes from module(s) {unused} "
+                         f"(top-level modules of this export: {known})")
+    return names
+
+
 def count_qdq(proto: onnx.ModelProto) -> tuple[int, int]:
     """(QuantizeLinear nodes, DequantizeLinear nodes) of a graph."""
     ops = [n.op_type for n in proto.graph.node]
@@ -150,9 +209,11 @@ def count_qdq(proto: onnx.ModelProto) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------- quantisation
 def quantize_onnx(src: str | Path, dst: str | Path, calibration: Iterable[dict[str, np.ndarray]],
                   method: str = DEFAULT_METHOD, op_types: tuple[str, ...] = OP_TYPES, per_channel: bool = True,
-                  calibration_info: dict | None = None) -> dict:
+                  calibration_info: dict | None = None, keep_float: tuple[str, ...] = (),
+                  require_all: bool = True) -> dict:
     """Float ONNX ``src`` -> QDQ int8 ONNX ``dst`` (module docstring), calibrated on ``calibration``: dicts
-    {input name: float32 array} in the model's input shapes.
+    {input name: float32 array} in the model's input shapes. ``keep_float``: module paths whose ops stay float32
+    (``float_nodes``; ``require_all``: each must match a node).
 
     Returns the metadata written into ``dst``'s ``hcq_ros`` metadata_props: the float export's (if it has one) with
     target "onnxruntime-int8", precision "int8", the written opset and "quantization" (settings, batch and Q/DQ node
@@ -185,7 +246,9 @@ def quantize_onnx(src: str | Path, dst: str | Path, calibration: Iterable[dict[s
         # onnxruntime's symbolic shape inference fails on these exports (an Expand whose target shape it cannot
         # follow: TypeError in _infer_Expand); ONNX's own shape inference and the graph optimisation still run.
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(Path(tmp) / "int8.onnx"), _Reader(batches),
+        excluded = float_nodes(onnx.load(str(src)), onnx.load(str(prepared)), tuple(keep_float), tuple(op_types),
+                               require_all) if keep_float else []
+        quantize_static(str(prepared), str(Path(tmp) / "int8.onnx"), _Reader(batches), nodes_to_exclude=excluded,
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types), per_channel=per_channel,
                         reduce_range=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=calibrate, extra_options={"CalibStridedMinMax": _stride(len(batches))})
@@ -208,6 +271,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, calibration: Iterable[dict[s
             "format": "QDQ", "op_types": list(op_types),
             "weights": f"int8 symmetric per {'channel' if per_channel else 'tensor'}",
             "activations": "uint8 asymmetric per tensor", "method": method, "batches": len(batches),
+            "keep_float": list(keep_float), "float_nodes": len(excluded),
             "quantize_nodes": n_q, "dequantize_nodes": n_dq, **(calibration_info or {})},
     })
     onnx.helper.set_model_props(proto, {**props, METADATA_KEY: json.dumps(metadata, sort_keys=True)})
@@ -226,11 +290,12 @@ def int8_file_name(name: str) -> str:
 
 def export_int8(checkpoint: str | Path, out_dir: str | Path = "engines", input_size: tuple[int, int] | None = None,
                 name: str | None = None, opset: int = 18, calib: int | None = None, method: str = DEFAULT_METHOD,
-                seed_start: int = CALIB_SEED_START) -> ExportResult:
+                seed_start: int = CALIB_SEED_START, keep_float: tuple[str, ...] | None = None) -> ExportResult:
     """Checkpoint -> ``<out_dir>/<name>.int8.onnx`` + sidecar ``<name>.int8.json``: the fp32 onnxruntime export
     (``export_model``, same size/name rules) quantised by ``quantize_onnx``. calib: calibration samples (detector
-    frames / PersonNet crops; default DEFAULT_CALIB). The metadata is the fp32 export's plus target
-    "onnxruntime-int8", precision "int8" and the quantisation settings (method, seeds, count)."""
+    frames / PersonNet crops; default DEFAULT_CALIB). keep_float: module paths left float32 (default
+    DEFAULT_KEEP_FLOAT of the model kind; () quantises every Conv/MatMul/Gemm). The metadata is the fp32 export's
+    plus target "onnxruntime-int8", precision "int8" and the quantisation settings (method, seeds, count)."""
     checkpoint = Path(checkpoint)
     if calib is not None and int(calib) < 1:
         raise ValueError(f"--calib must be >= 1, got {calib}")
@@ -247,7 +312,9 @@ def export_int8(checkpoint: str | Path, out_dir: str | Path = "engines", input_s
                 "calibration_seeds": list(data.seeds),
                 "calibration_data": "SynthHumans generate_image(seed), prepared as the Perceptor does "
                                     "(hcq_ros.runtime.quantize)"}
-        metadata = quantize_onnx(fp32.onnx_path, onnx_path, data.batches, method, calibration_info=info)
+        keep = tuple(DEFAULT_KEEP_FLOAT[kind] if keep_float is None else keep_float)
+        metadata = quantize_onnx(fp32.onnx_path, onnx_path, data.batches, method, calibration_info=info,
+                                 keep_float=keep, require_all=keep_float is not None)
     sidecar = {**metadata, "onnx_file": onnx_path.name, "onnx_sha256": sha256_file(onnx_path)}
     meta_path = sidecar_path(onnx_path)
     atomic_write(meta_path, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
