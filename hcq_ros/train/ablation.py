@@ -64,7 +64,8 @@ class AblationSuite:
     """Everything a report needs besides the numbers. metrics: {eval key: column label}; shared_val: config ->
     the settings that define its validation folder (None = no sharing); budget_keys: {label: dotted config key}
     printed in the budget line; paper_setup: a sentence on how the paper trained (for the comparison); notes:
-    {variant name: result of a finished variant} -> extra computed lines for the comparison section."""
+    {variant name: result of a finished variant} -> extra computed lines for the comparison section;
+    lower_is_better: metrics where smaller wins (errors), for the bold cell, the ranking and the verdicts."""
     title: str
     module: str
     base_config: Path
@@ -77,6 +78,7 @@ class AblationSuite:
     intro: str = ""
     paper_setup: str = ""
     notes: Optional[Callable[[dict[str, dict]], list[str]]] = None
+    lower_is_better: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         names = [v.name for v in self.variants]

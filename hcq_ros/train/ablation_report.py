@@ -138,11 +138,12 @@ def comparison_lines(suite: AblationSuite, results: list[dict], run_root: Path, 
             continue
         (ib, b), (iw, w) = values
         delta = 100 * (b - w)
+        gain = -delta if c.metric in suite.lower_is_better else delta   # > 0: c.better is ahead
         where = f" (at iterations {ib} and {iw})" if c.better_at < 1 or c.worse_at < 1 else ""
         if abs(delta) < tie:
             verdict = f"a tie (|difference| < {tie:g} point)"
             kind = "tie"
-        elif delta > 0:
+        elif gain > 0:
             verdict = "same direction as the paper" if c.claim else f"{labels.get(c.better, c.better)} ahead"
             kind = "agree"
         else:
@@ -164,13 +165,14 @@ def comparison_lines(suite: AblationSuite, results: list[dict], run_root: Path, 
         summary.append("Paper findings not tested in this run (variants not selected): " + "; ".join(not_here) + ".")
     done = [r for r in results if r.get("status") == "done"]
     for metric, label in suite.metrics.items():
+        lower = metric in suite.lower_is_better
         ranked = sorted(((r["metrics"][metric], r["name"]) for r in done
-                         if isinstance(r.get("metrics", {}).get(metric), (int, float))), reverse=True)
+                         if isinstance(r.get("metrics", {}).get(metric), (int, float))), reverse=not lower)
         if len(ranked) >= 2:
             (v1, n1), (v2, n2) = ranked[:2]
-            summary.append(f"Best {label}: {labels.get(n1, n1)} {100 * v1:.1f}, {100 * (v1 - v2):+.1f} over "
-                           f"{labels.get(n2, n2)}" + (f" (a tie within {tie:g} point)." if 100 * (v1 - v2) < tie
-                                                      else "."))
+            summary.append(f"Best {label}: {labels.get(n1, n1)} {100 * v1:.1f}, {100 * (v1 - v2):+.1f} "
+                           f"{'under' if lower else 'over'} {labels.get(n2, n2)}"
+                           + (f" (a tie within {tie:g} point)." if abs(100 * (v1 - v2)) < tie else "."))
     wobble = []
     for r in done:
         rows = [e for e in _evals(run_root / r["name"]) if e["iteration"] <= r["iterations"]]
@@ -227,7 +229,8 @@ def write_report(suite: AblationSuite, out: Path, doc: Path, iterations: int, ev
     for m in suite.metrics:     # bold only a real winner: at least two values, not all equal
         values = [r["metrics"][m] for r in results
                   if r.get("status") == "done" and isinstance(r.get("metrics", {}).get(m), (int, float))]
-        best[m] = max(values) if len(values) >= 2 and len(set(values)) > 1 else None
+        pick = min if m in suite.lower_is_better else max
+        best[m] = pick(values) if len(values) >= 2 and len(set(values)) > 1 else None
     for r in results:
         metrics = r.get("metrics") or {}
         cells = []
@@ -240,8 +243,10 @@ def write_report(suite: AblationSuite, out: Path, doc: Path, iterations: int, ev
         params = f"{r['params'] / 1e6:.2f}" if r.get("params") else "–"
         lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {params} | "
                      + (f"{speed:.2f}" if speed else "–") + f" | {seconds / 3600:.2f} | {status[:300]} |")
-    lines += ["", "Metrics x100 on the fixed validation set; bold = best. s/it and train h come from the training "
-              "logs (evaluations excluded).", "", "Variants:", ""]
+    lower = [suite.metrics[m] for m in suite.lower_is_better if m in suite.metrics]
+    lines += ["", "Metrics x100 on the fixed validation set; bold = best"
+              + (f" (lowest for {', '.join(lower)})" if lower else "") + ". s/it and train h come from the "
+              "training logs (evaluations excluded).", "", "Variants:", ""]
     for v in chosen:
         sets = ", ".join(f"`{o}`" for o in v.overrides) or "the base config"
         base = f" (config `{v.config}`)" if v.config else ""
