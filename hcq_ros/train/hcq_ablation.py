@@ -110,9 +110,16 @@ def build_suite(config: Path = DEFAULT_CONFIG) -> AblationSuite:
         intro="Every variant is the same training run (`hcq-ros train`, same data stream, schedule and seed) with "
               "one HCQConfig preset changed; COCO-style AP (pycocotools) on a fixed held-out SynthHumans "
               "validation set (unless `data.val` points at COCO).",
-        paper_setup="The paper trains on COCO person with a Swin-B backbone for 100k-300k iterations; these runs "
-                    "use the `small` CPU profile on SynthHumans for the budget above, so absolute values are not "
-                    "comparable and only the ordering of the variants is checked.")
+        paper_setup="The paper trains on COCO person with an ImageNet-pretrained Swin-B backbone for 100k-300k "
+                    "iterations; these runs use the `small` CPU profile on SynthHumans for the budget above, so "
+                    "absolute values are not comparable and only the ordering of the variants is checked. Three "
+                    "differences matter for reading the ordering: (1) the budget is about 1% of the paper's, so "
+                    "the comparison is about early training, where the paper's convergence claim (HCQNet learns "
+                    "faster) is the relevant one; (2) when the runs start from a pretrained backbone "
+                    "(`train.init_backbone`), ours is the shipped HCQNet's, trained with the full HCQNet head, not "
+                    "an ImageNet one, which may favour the HCQNet variants; (3) keypoints AP stays near 0 at this "
+                    "budget (a joint must land within a few percent of the box scale), so the pose claims are also "
+                    "read on the joint error, which still separates the variants.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
