@@ -1,11 +1,13 @@
 """``hcq-ros export --model CKPT --target onnxruntime|tensorrt|onnxruntime-int8|all [--out DIR] [--size W H]
-[--name NAME] [--calib N] [--calib-method M] [--keep-float MODULE ...]``.
+[--name NAME] [--calib N] [--calib-method M] [--keep-float MODULE ...] [--precision fp16|fp32]``.
 
 Writes ``<out>/<name>.onnx`` (onnxruntime: deformable attention as grid_sample) and/or ``<out>/<name>.trt.onnx``
 (TensorRT: plugin nodes), each with a ``.json`` metadata sidecar; see ``hcq_ros.runtime.export``.
 ``onnxruntime-int8`` writes ``<out>/<name>.int8.onnx`` + ``<name>.int8.json``: the onnxruntime export quantised to
 int8 (QDQ) with ``--calib`` SynthHumans calibration samples (``hcq_ros.runtime.quantize``), the ops of the
-``--keep-float`` modules left float32. ``all`` = the two float targets.
+``--keep-float`` modules left float32. ``torch-tensorrt`` compiles the checkpoint with torch-tensorrt into
+``<out>/<name>.torchtrt.ep`` (``hcq_ros.runtime.torch_tensorrt_export``; needs torch_tensorrt, TensorRT and a GPU,
+``--precision``). ``all`` = the two float ONNX targets.
 """
 from __future__ import annotations
 
@@ -16,13 +18,15 @@ from pathlib import Path
 
 from hcq_ros.runtime.export import TARGETS, describe_export, export_model
 from hcq_ros.runtime.quantize import DEFAULT_CALIB, DEFAULT_METHOD, INT8_TARGET, METHODS, export_int8
+from hcq_ros.runtime.torch_tensorrt_export import PRECISIONS, TORCH_TRT_TARGET
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="HCQNet or PersonNet checkpoint (.pt)")
-    parser.add_argument("--target", choices=TARGETS + (INT8_TARGET, "all"), required=True,
+    parser.add_argument("--target", choices=TARGETS + (INT8_TARGET, TORCH_TRT_TARGET, "all"), required=True,
                         help="onnxruntime -> NAME.onnx, tensorrt -> NAME.trt.onnx, onnxruntime-int8 -> "
-                             "NAME.int8.onnx, all -> NAME.onnx and NAME.trt.onnx")
+                             "NAME.int8.onnx, torch-tensorrt -> NAME.torchtrt.ep (GPU), all -> NAME.onnx and "
+                             "NAME.trt.onnx")
     parser.add_argument("--out", type=Path, default=Path("engines"), help="output folder (default engines/)")
     parser.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), default=None,
                         help="input size (default: detector training size / person crop size)")
@@ -37,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="onnxruntime-int8: module paths whose Conv/MatMul/Gemm stay float32, e.g. "
                              "query_selection decoder (default: the model kind's DEFAULT_KEEP_FLOAT in "
                              "hcq_ros/runtime/quantize.py; an empty list quantises all)")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default=None,
+                        help=f"{TORCH_TRT_TARGET}: TensorRT precision (default fp16)")
     parser.add_argument("--json", type=Path, metavar="OUT", default=None, help="write the export metadata here")
 
 
@@ -44,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     """Export; a missing/unreadable checkpoint or a bad setting -> one error line on stderr, exit code 2."""
     try:
         results = _export(args)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:   # RuntimeError: torch-tensorrt / GPU missing
         print(f"hcq-ros export: error: {exc}", file=sys.stderr)
         return 2
     if args.json is not None:
@@ -61,7 +67,17 @@ def _export(args: argparse.Namespace) -> list[dict]:
     keep_float = getattr(args, "keep_float", None)
     if not int8 and (calib is not None or method != DEFAULT_METHOD or keep_float is not None):
         raise ValueError(f"--calib / --calib-method / --keep-float only apply to --target {INT8_TARGET}")
+    precision = getattr(args, "precision", None)
+    if precision is not None and args.target != TORCH_TRT_TARGET:
+        raise ValueError(f"--precision only applies to --target {TORCH_TRT_TARGET}")
     size = tuple(args.size) if args.size else None
+    if args.target == TORCH_TRT_TARGET:
+        from hcq_ros.runtime.torch_tensorrt_export import export_torch_tensorrt
+
+        result = export_torch_tensorrt(args.model, args.out, size, args.name, precision or "fp16")
+        print(f"{result.metadata['kind']} -> {result.onnx_path} (torch-tensorrt {result.metadata['precision']}, "
+              f"{result.metadata['gpu']})\n  metadata: {result.metadata_path}")
+        return [result.metadata]
     results = []
     for target in (TARGETS if args.target == "all" else (args.target,)):
         if int8:
