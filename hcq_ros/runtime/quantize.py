@@ -28,8 +28,9 @@ VAL`` on the held-out folder of engines/README.md (922 crops, 39 ReID queries: o
 MinMax is the closest to fp32 on ReID, attributes and pose, 0.0006 behind percentile on parts, and the cheapest
 (5.8 s against 7.7 s / 11.5 s for 256 crops on 2 cores).
 
-Detector ops left float32 (``DEFAULT_KEEP_FLOAT``): the output heads. Quantising every Conv/MatMul/Gemm of the
-shipped HCQNet (run 3) cost 3.4 bbox AP points, three times the 1-point budget of the int8 profile. Measured with
+Detector ops left float32 (``DEFAULT_KEEP_FLOAT``): query selection and the output heads. Quantising every
+Conv/MatMul/Gemm of the shipped HCQNet (run 3) cost 3.4 bbox AP points, three times the 1-point budget of the int8
+profile. Measured with
 ``hcq-ros export --model engines/hcq_small.pt --target onnxruntime-int8 --size 320 320 --keep-float M...`` and
 ``hcq-ros eval --model X.int8.onnx --data H`` on the 500 held-out images of engines/README.md:
     left float32                                 bbox_AP  bbox_AP50  segm_AP  keypoints_err
