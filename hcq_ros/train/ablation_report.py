@@ -191,7 +191,8 @@ def comparison_lines(suite: AblationSuite, results: list[dict], run_root: Path, 
     if wobble:
         summary.append(f"Noise yardstick: between the final and the previous periodic evaluation of a run the "
                        f"metrics moved by a median of {statistics.median(wobble):.1f} points (max "
-                       f"{max(wobble):.1f}); differences of that size are not findings.")
+                       f"{max(wobble):.1f}); differences of that size are not findings. It is a lower bound: every "
+                       f"variant ran with one seed, and the spread between seeds is not measured.")
     return lines + ([""] + [f"- {line}" for line in summary] if summary else [])
 
 
