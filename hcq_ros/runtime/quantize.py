@@ -40,7 +40,8 @@ profile. Measured with
     heads (class, box, pose, joint, mask)         0.1593   0.3757     0.0924   0.2267
     query_selection + heads                       0.1617   0.3742     0.0932   0.2254
 The heads turn the last decoder features into box and joint coordinates, where one uint8 step of the activation
-range is a visible shift. On the whole pipeline (held-out sequences of the README, int8 PersonNet, the node's
+range is a visible shift. On the whole pipeline (``hcq-ros eval --pipeline --data SEQ --backend onnxruntime
+--detector X.int8.onnx --person engines/person_small.int8.onnx`` on the README's held-out sequences, the node's
 thresholds) the heads alone still lost 1.3 bbox AP points against the fp32 models (0.158 vs 0.171), query selection
 + heads 0.9 (0.162): the default keeps both, 15% of the detector's FLOPs (docs/cost.md).
 """
