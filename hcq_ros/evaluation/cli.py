@@ -194,7 +194,7 @@ def evaluate_onnx_person_net(onnx_path: str | Path, data_dir: str | Path, frame_
     """Score a PersonNet ONNX export (``.onnx`` fp32 or ``.int8.onnx``) on ``data_dir`` through the onnxruntime
     backend: ``person_eval.evaluate_person_net`` with normalised crops float32 [B, 3, H, W] -> the export's named
     outputs, (H, W) = the export's static crop size. A detector export or one without metadata -> ValueError."""
-    from hcq_ros.runtime.export import read_export_metadata
+    from hcq_ros.runtime.export import export_kind_phrase, read_export_metadata
     from hcq_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
     from .person_eval import evaluate_person_net
@@ -202,7 +202,7 @@ def evaluate_onnx_person_net(onnx_path: str | Path, data_dir: str | Path, frame_
     onnx_path = Path(onnx_path)
     meta = read_export_metadata(onnx_path)
     if meta.get("kind") != "person":
-        held = f"a {meta['kind']!r} export" if meta.get("kind") else "an ONNX without hcq_ros export metadata"
+        held = export_kind_phrase(meta)
         raise ValueError(f"{onnx_path}: --model X.onnx scores PersonNet and HCQNet exports, this is {held}")
     backend = OnnxRuntimeBackend().load(onnx_path)
     try:

@@ -92,13 +92,13 @@ def evaluate_exported_detector(onnx_path: str | Path, ann_file: str | Path, imag
     """COCO metrics of an HCQNet ONNX export (fp32 ``.onnx`` or ``.int8.onnx``) through the onnxruntime backend, at
     the export's static input size; the same letterbox, postprocessor and scoring as ``evaluate_detector``. Not an
     HCQNet export (PersonNet, no hcq_ros metadata, the TensorRT-plugin form) -> ValueError."""
-    from hcq_ros.runtime.export import read_export_metadata
+    from hcq_ros.runtime.export import export_kind_phrase, read_export_metadata
     from hcq_ros.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
     onnx_path = Path(onnx_path)
     meta = read_export_metadata(onnx_path)
     if meta.get("kind") != "hcq":
-        held = f"a {meta['kind']!r} export" if meta.get("kind") else "an ONNX without hcq_ros export metadata"
+        held = export_kind_phrase(meta)
         raise ValueError(f"{onnx_path}: not an HCQNet export, this is {held}")
     if str(meta.get("target", "")).startswith("tensorrt"):
         raise ValueError(f"{onnx_path}: the TensorRT-plugin form needs TensorRT; score the onnxruntime form "

@@ -324,6 +324,11 @@ def read_export_metadata(onnx_path: str | Path) -> dict:
     return json.loads(props[METADATA_KEY]) if METADATA_KEY in props else {}
 
 
+def export_kind_phrase(meta: dict) -> str:
+    """What an ONNX holds, for error messages: "a 'person' export" / "an ONNX without hcq_ros export metadata"."""
+    return f"a {meta['kind']!r} export" if meta.get("kind") else "an ONNX without hcq_ros export metadata"
+
+
 def describe_export(result: ExportResult) -> str:
     """One-paragraph summary for the CLI."""
     m = result.metadata
