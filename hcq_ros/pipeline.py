@@ -35,6 +35,8 @@ class PerceptorConfig:
     detector input (the exported size). max_image_pixels: larger frames are rejected (dropped) with a reason.
     tracked_only: output only the people of confirmed tracks (track_id > 0; ByteTrack's output); the tracker still
     sees every detection above score_threshold, and a new person appears after ``tracker.min_hits`` frames.
+    pipelined: streams (replay, run, the node, ``process_stream``) run ``detect`` of the next frame on a second
+    thread while this one is described (``hcq_ros.pipeline_stages``): same outputs, higher frame rate.
     The defaults here are generic; the product's settings (thresholds calibrated for the shipped detector) are
     launch/params.yaml: ``PerceptorConfig.from_dict(hcq_ros.ros.node_params.load_perceptor_settings())``."""
     backend: str = "auto"
@@ -52,6 +54,7 @@ class PerceptorConfig:
     enable_attributes: bool = True
     enable_reid: bool = True
     threads: int = 0
+    pipelined: bool = False
     max_image_pixels: int = 4096 * 4096
     tracker: dict = field(default_factory=dict)
 
@@ -83,8 +86,28 @@ class PerceptorConfig:
         return asdict(self)
 
 
+@dataclass
+class Detections:
+    """The detector half of one frame (``Perceptor.detect``), handed to ``Perceptor.describe``.
+
+    image: the input uint8 [H, W, 3] RGB (the crops come from it); image_size: (w, h); boxes: float32 [N, 4]
+    xyxy pixels; scores: [N]; keypoints: [N, 17, 3] (x, y, conf) pixels; masks: bool [N, H, W] at image size;
+    timings_ms: preprocess / detector / postprocess; dropped: the reason the frame was rejected, else None."""
+    stamp_ns: int
+    frame_id: str
+    image_size: tuple[int, int]
+    image: Optional[np.ndarray]
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    keypoints: np.ndarray = field(default_factory=lambda: np.zeros((0, 17, 3), np.float32))
+    masks: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), bool))
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    dropped: Optional[str] = None
+
+
 class Perceptor:
-    """Loads the backends and the tracker once; ``process`` one frame at a time (not thread-safe: one caller)."""
+    """Loads the backends and the tracker once; ``process`` one frame at a time (one caller), or ``detect`` and
+    ``describe`` from two threads, one caller each (``hcq_ros.pipeline_stages``)."""
 
     def __init__(self, config: PerceptorConfig, detector=None, person_net=None):
         """``detector``/``person_net``: already-loaded backends (tests, benchmarks); else opened from the config."""
@@ -181,16 +204,37 @@ class Perceptor:
 
     # ------------------------------------------------------------------------------------------------ frame
     def process(self, image_rgb: np.ndarray, stamp_ns: int = 0, frame_id: str = "") -> PersonFrame:
-        """uint8 [H, W, 3] RGB -> PersonFrame. Never raises for a bad frame: it is returned dropped, with a reason."""
+        """uint8 [H, W, 3] RGB -> PersonFrame. Never raises for a bad frame: it is returned dropped, with a reason.
+        The same as ``describe(detect(...))``; ``hcq_ros.pipeline_stages`` runs the two halves on two threads."""
+        return self.describe(self.detect(image_rgb, stamp_ns, frame_id))
+
+    def detect(self, image_rgb: np.ndarray, stamp_ns: int = 0, frame_id: str = "") -> "Detections":
+        """First half: letterbox, detector, postprocess. Touches only the detector and the postprocessor, so it
+        may run on another thread than ``describe`` (one caller per half). Never raises: a bad frame comes back
+        with ``dropped`` set."""
         size = _image_size(image_rgb)
         problem = self.check_image(image_rgb)
         if problem:
-            return PersonFrame(stamp_ns, frame_id, size, dropped=problem)
+            return Detections(stamp_ns, frame_id, size, image_rgb, dropped=problem)
         try:
-            return self._process(image_rgb, stamp_ns, frame_id)
+            return self._detect(image_rgb, stamp_ns, frame_id)
         except Exception as exc:  # one broken frame must not stop a robot's perception
             log.exception("frame %s dropped", stamp_ns)
-            return PersonFrame(stamp_ns, frame_id, size, dropped=f"processing error: {type(exc).__name__}: {exc}")
+            return Detections(stamp_ns, frame_id, size, image_rgb,
+                              dropped=f"processing error: {type(exc).__name__}: {exc}")
+
+    def describe(self, det: "Detections") -> PersonFrame:
+        """Second half: crops, PersonNet, tracker, assembly -> PersonFrame. Call it in frame order (the tracker
+        is sequential). A dropped ``det`` passes through as a dropped PersonFrame (the tracker does not see it)."""
+        if det.dropped is not None:
+            return PersonFrame(det.stamp_ns, det.frame_id, det.image_size, timings_ms=dict(det.timings_ms),
+                               dropped=det.dropped)
+        try:
+            return self._describe(det)
+        except Exception as exc:  # as in detect: the frame is dropped with the reason, the caller keeps going
+            log.exception("frame %s dropped", det.stamp_ns)
+            return PersonFrame(det.stamp_ns, det.frame_id, det.image_size, timings_ms=dict(det.timings_ms),
+                               dropped=f"processing error: {type(exc).__name__}: {exc}")
 
     def check_image(self, image) -> Optional[str]:
         """None if ``image`` can be processed, else the reason it cannot."""
@@ -205,7 +249,7 @@ class Perceptor:
             return f"image too large ({w}x{h} > {self.config.max_image_pixels} pixels)"
         return None
 
-    def _process(self, image: np.ndarray, stamp_ns: int, frame_id: str) -> PersonFrame:
+    def _detect(self, image: np.ndarray, stamp_ns: int, frame_id: str) -> "Detections":
         import torch
 
         from hcq_ros.data.torch_dataset import image_to_tensor
@@ -223,28 +267,31 @@ class Perceptor:
         outputs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in raw.items()}
         det = self.postprocess(outputs, [(h, w)], letterbox=[(scale, pad[0], pad[1])],
                                input_size=(c.input_size[1], c.input_size[0]))[0]
-        boxes = det["boxes"].numpy()
-        scores = det["scores"].numpy()
-        keypoints = det["keypoints"].numpy()
-        masks = det["masks"].numpy()
-        t = _lap(timings, "postprocess", t)
+        found = Detections(stamp_ns, frame_id, (w, h), image, det["boxes"].numpy(), det["scores"].numpy(),
+                           det["keypoints"].numpy(), det["masks"].numpy(), timings)
+        _lap(timings, "postprocess", t)
+        return found
 
-        person_out = self._run_person_net(image, boxes, timings) if len(boxes) and self.person_net is not None \
+    def _describe(self, det: "Detections") -> PersonFrame:
+        c = self.config
+        timings = dict(det.timings_ms)
+        boxes, scores = det.boxes, det.scores
+        person_out = self._run_person_net(det.image, boxes, timings) if len(boxes) and self.person_net is not None \
             and c.enable_person_net else None
         t = time.perf_counter()
         embeddings = person_out["embedding"] if person_out is not None and "embedding" in person_out \
             and c.enable_reid else None
-        tracks = self.tracker.update(boxes, scores, embeddings, stamp_ns=stamp_ns)
+        tracks = self.tracker.update(boxes, scores, embeddings, stamp_ns=det.stamp_ns)
         t = _lap(timings, "tracker", t)
 
         persons = []
         for i in range(len(boxes)):
             if c.tracked_only and tracks[i].track_id <= 0:
                 continue   # a detection no confirmed track owns: a newcomer, or a one-frame false positive
-            persons.append(self._person(i, boxes[i], scores[i], keypoints[i], masks[i], tracks[i].track_id,
+            persons.append(self._person(i, boxes[i], scores[i], det.keypoints[i], det.masks[i], tracks[i].track_id,
                                         person_out))
         _lap(timings, "assemble", t)
-        return PersonFrame(stamp_ns, frame_id, (w, h), persons, timings)
+        return PersonFrame(det.stamp_ns, det.frame_id, det.image_size, persons, timings)
 
     def _run_person_net(self, image: np.ndarray, boxes: np.ndarray, timings: dict) -> dict:
         from hcq_ros.data.crops import crop_persons
@@ -287,11 +334,17 @@ class Perceptor:
         return Person(track_id=int(track_id), score=float(score), box=box, keypoints=keypoints, mask=mask,
                       parts=parts, attributes=attributes or {}, embedding=embedding)
 
-    def process_stream(self, frames, newest_only: bool = False):
-        """Iterate PersonFrames for an iterable of (stamp_ns, frame_id, image). ``newest_only`` is for live
-        sources: see ``hcq_ros.ros.frame_slot`` for the threaded newest-frame slot the node uses."""
-        for stamp_ns, frame_id, image in frames:
-            yield self.process(image, stamp_ns, frame_id)
+    def process_stream(self, frames):
+        """Iterate PersonFrames for an iterable of (stamp_ns, frame_id, image), one per frame, in order; with
+        ``config.pipelined`` the detector runs one frame ahead on a second thread. Live sources that should skip
+        frames instead: ``hcq_ros.ros.frame_slot.FrameWorker`` (the node's newest-frame slot)."""
+        if not self.config.pipelined:
+            for stamp_ns, frame_id, image in frames:
+                yield self.process(image, stamp_ns, frame_id)
+            return
+        from hcq_ros.pipeline_stages import run_two_stage
+
+        yield from run_two_stage(frames, lambda f: self.detect(f[2], f[0], f[1]), self.describe)
 
 
 def _lap(timings: dict, stage: str, t0: float) -> float:

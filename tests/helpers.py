@@ -77,6 +77,12 @@ class GroundTruthPerceptor:
     def reset(self) -> None:
         pass
 
+    def detect(self, image, stamp_ns=0, frame_id=""):   # the Perceptor's two halves: detect, then describe
+        return (image, stamp_ns, frame_id)
+
+    def describe(self, detections):
+        return self.process(*detections)
+
     def process(self, image, stamp_ns: int, frame_id: str):
         import numpy as np
 

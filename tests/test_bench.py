@@ -83,6 +83,37 @@ def test_target_checks_per_person_slope():
     assert checks["fps"] == {"fps": 20.0, "meets_min": True, "meets_goal": False, "fps_without_annotated": 24.0}
 
 
+def test_pipelined_schedule_is_reported_next_to_the_sequential_one(models, tmp_path):
+    det, person = models
+    args = parse(["--detector", str(det), "--person", str(person), "--backend", "torch", "--threads", "1",
+                  "--people", "0", "2", "--force-people", "--schedule", "sequential", "pipelined",
+                  "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "b.json"),
+                  "--markdown", str(tmp_path / "b.md"), *FAST])
+    assert bench_cli.run(args) == 0
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert [(r["schedule"], r["people"]) for r in report["results"]] == [
+        ("sequential", 0), ("sequential", 2), ("pipelined", 0), ("pipelined", 2)]
+    for r in report["results"]:
+        assert r["detected"]["mean"] == r["people"] and r["fps"] > 0
+        assert r["period_ms"] == pytest.approx(1000 / r["fps"], rel=0.02)
+        assert (r["fps_without_annotated"] is None) == (r["schedule"] == "pipelined")
+    assert {p["schedule"] for p in report["checks"]["per_person"]} == {"sequential", "pipelined"}
+    assert "--schedule sequential pipelined" in report["command"]
+    text = (tmp_path / "b.md").read_text()
+    assert "| torch | 1 | 64 | pipe | 2 (2) |" in text and "| torch | 1 | 64 | seq | 0 (0) |" in text
+
+
+def test_pipelined_per_person_cost_uses_the_frame_period():
+    def case(people, latency, period):
+        return {"backend": "onnxruntime", "threads": 1, "size": 320, "people": people, "schedule": "pipelined",
+                "fps": 1000 / period, "period_ms": period, "fps_without_annotated": None,
+                "detected": {"mean": people}, "total_ms": {"median": latency}}
+    checks = bench.target_checks([case(0, 30.0, 30.0), case(5, 45.0, 31.0), case(10, 60.0, 32.0)])
+    (slope,) = checks["per_person"]
+    assert slope["schedule"] == "pipelined" and slope["ms_per_person"] == pytest.approx(0.2)
+    assert checks["fps"] is None   # the reference case (2 threads) was not measured
+
+
 def test_frames_hold_the_requested_people():
     images, counts = bench.frames_with_people(3, 2, 96, 96, seed=1)
     assert counts == [3, 3] and images[0].shape == (96, 96, 3)

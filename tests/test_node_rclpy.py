@@ -30,6 +30,12 @@ class OnePersonPerceptor:
     def __init__(self, config):
         self.config, self.closed = config, False
 
+    def detect(self, image, stamp_ns=0, frame_id=""):   # the Perceptor's two halves: detect, then describe
+        return (image, stamp_ns, frame_id)
+
+    def describe(self, detections):
+        return self.process(*detections)
+
     def process(self, image_rgb, stamp_ns=0, frame_id=""):
         keypoints = np.zeros((17, 3), np.float32)
         person = Person(track_id=7, score=0.9, box=[4, 6, 30, 40], keypoints=keypoints,

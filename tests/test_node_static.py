@@ -386,6 +386,12 @@ class FakePerceptor:
         self.config, self.closed, self.runtime_changes, self.tracker = config, False, [], StandinTracker()
         FakePerceptor.instances.append(self)
 
+    def detect(self, image, stamp_ns=0, frame_id=""):   # the Perceptor's two halves: detect, then describe
+        return (image, stamp_ns, frame_id)
+
+    def describe(self, detections):
+        return self.process(*detections)
+
     def process(self, image_rgb, stamp_ns=0, frame_id=""):
         height, width = image_rgb.shape[:2]
         keypoints = np.zeros((17, 3), np.float32)

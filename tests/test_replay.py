@@ -156,6 +156,21 @@ def test_person_arrays_are_byte_identical_on_a_second_run(setup):
     assert len(first) == len(CASES) and first == second
 
 
+def test_pipelined_replay_writes_the_same_person_arrays(setup):
+    """The detector one frame ahead on a second thread: the same bytes, drops and summary as one thread."""
+    def run(name: str, *extra: str) -> tuple[list[bytes], dict]:
+        rc, summary = replay(setup, name, *extra)
+        assert rc == 0
+        (mcap_file,) = (setup[0] / name).glob("*.mcap")
+        with open(mcap_file, "rb") as stream:
+            return [m.data for _, c, m in make_reader(stream).iter_messages() if c.topic == "/hcq/persons"], summary
+
+    (seq, seq_summary), (pipe, pipe_summary) = run("seq_1", "--no-pipelined"), run("pipe_1", "--pipelined")
+    assert len(pipe) == len(CASES) and pipe == seq
+    for key in ("frames", "processed", "persons", "tracks", "dropped", "tracker_resets"):
+        assert pipe_summary[key] == seq_summary[key], key
+
+
 def test_sqlite3_output_compressed_input_and_rep155(setup, tmp_path):
     root, model_args, _ = setup
     frames = frame_pool(3, 64, 64)

@@ -33,6 +33,7 @@ import torch
 
 STAGES = ("preprocess", "detector", "postprocess", "crops", "person_net", "tracker", "assemble", "messages",
           "serialize", "annotate")
+SCHEDULES = ("sequential", "pipelined")
 FORCED_TRACKER = {"high_score": 0.0, "low_score": 0.0, "new_track_score": 0.0, "min_hits": 1}
 NOBODY_THRESHOLD = 0.9999999   # > every float32 sigmoid below 1.0: forced 0-people cases keep nobody
 TARGETS = {"fps_min": 20.0, "fps_goal": 30.0, "fps_case": {"backend": "onnxruntime", "threads": 2, "size": 320,
@@ -237,11 +238,17 @@ def _summary(values) -> dict:
             "mean": round(float(a.mean()), 3)}
 
 
-def time_frames(perceptor, images: list[np.ndarray], frames: int, warmup: int, factory, bar=None) -> dict:
+def time_frames(perceptor, images: list[np.ndarray], frames: int, warmup: int, factory, bar=None,
+                pipelined: bool = False) -> dict:
     """Run ``warmup + frames`` frames (cycling ``images``) through process -> messages -> serialisation.
 
-    Returns stages_ms {stage: {median, p90, mean} or None if it never ran}, total_ms, fps (timed frames over
-    their wall time), fps_without_annotated (the same without the "annotate" stage), detected {mean, min, max}."""
+    pipelined: ``Perceptor.detect`` runs one frame ahead on a second thread (``hcq_ros.pipeline_stages``), the
+    rest (describe, messages, serialisation, annotated image) on this one, as the node does with ``pipelined``.
+    Returns stages_ms {stage: {median, p90, mean} or None if it never ran}, total_ms (per-frame latency: detect
+    start -> annotated image done), fps (timed frames over their wall time), period_ms (1000 / fps),
+    fps_without_annotated (the same without the "annotate" stage; None when pipelined, where the stages overlap
+    and the annotate time cannot be taken out of the wall time), detected {mean, min, max}."""
+    from hcq_ros.pipeline_stages import run_two_stage
     from hcq_ros.ros.messages import MessageOptions, frame_to_messages, topic_type
 
     outputs = MessageOptions(image_annotated=False)
@@ -252,40 +259,57 @@ def time_frames(perceptor, images: list[np.ndarray], frames: int, warmup: int, f
     ran = {s: 0 for s in STAGES}
     totals, detected = [], []
     perceptor.reset()
-    wall = annotate_wall = 0.0
-    for i in range(warmup + frames):
-        image = images[i % len(images)]
-        stamp = 1_000_000_000 + i * 33_333_333
+    annotate_wall = 0.0
+    timed_from = time.perf_counter()
+    finished = timed_from
+
+    def first(i: int):
         t0 = time.perf_counter()
-        frame = perceptor.process(image, stamp, "camera")
+        image = images[i % len(images)]
+        return i, t0, image, perceptor.detect(image, 1_000_000_000 + i * 33_333_333, "camera")
+
+    def second(staged) -> None:
+        nonlocal annotate_wall, timed_from, finished
+        i, t0, image, detections = staged
+        frame = perceptor.describe(detections)
         if frame.dropped:
             raise RuntimeError(f"the pipeline dropped a frame: {frame.dropped}")
-        t1 = time.perf_counter()
-        header = factory.header(stamp, "camera")
-        messages = frame_to_messages(frame, image, header, factory, outputs)
         t2 = time.perf_counter()
+        header = factory.header(frame.stamp_ns, "camera")
+        messages = frame_to_messages(frame, image, header, factory, outputs)
+        t3 = time.perf_counter()
         for key, msg in messages.items():
             typestore.serialize_cdr(msg, topic_type(key))
-        t3 = time.perf_counter()
+        t4 = time.perf_counter()
         for key, msg in frame_to_messages(frame, image, header, factory, annotated_only).items():
             typestore.serialize_cdr(msg, topic_type(key))
-        t4 = time.perf_counter()
+        t5 = time.perf_counter()
         if bar is not None:
             bar.update(1)
         if i < warmup:
-            continue
-        stage_ms = {**frame.timings_ms, "messages": (t2 - t1) * 1e3, "serialize": (t3 - t2) * 1e3,
-                    "annotate": (t4 - t3) * 1e3}
+            timed_from = finished = t5   # the timed wall starts when the last warm-up frame is out
+            return
+        stage_ms = {**frame.timings_ms, "messages": (t3 - t2) * 1e3, "serialize": (t4 - t3) * 1e3,
+                    "annotate": (t5 - t4) * 1e3}
         for stage in STAGES:
             ran[stage] += stage in stage_ms
             samples[stage].append(stage_ms.get(stage, 0.0))
-        totals.append((t4 - t0) * 1e3)
+        totals.append((t5 - t0) * 1e3)
         detected.append(len(frame.persons))
-        wall += t4 - t0
-        annotate_wall += t4 - t3
+        annotate_wall += t5 - t4
+        finished = t5
+
+    indices = range(warmup + frames)
+    if pipelined:
+        for _ in run_two_stage(indices, first, second):
+            pass
+    else:
+        for i in indices:
+            second(first(i))
+    wall = finished - timed_from
     return {"stages_ms": {s: (_summary(v) if ran[s] else None) for s, v in samples.items()},
-            "total_ms": _summary(totals), "fps": round(frames / wall, 2),
-            "fps_without_annotated": round(frames / (wall - annotate_wall), 2),
+            "total_ms": _summary(totals), "fps": round(frames / wall, 2), "period_ms": round(1e3 * wall / frames, 3),
+            "fps_without_annotated": None if pipelined else round(frames / (wall - annotate_wall), 2),
             "detected": {"mean": round(float(np.mean(detected)), 2), "min": int(min(detected)),
                          "max": int(max(detected))}}
 
@@ -300,14 +324,15 @@ def case_options(people: int, force_people: bool, default_max: int = 20) -> dict
 def run_cases(detector: str | Path, person: str | Path, backends: list[str], threads: list[int], sizes: list[int],
               people: list[int], frames: int, warmup: int, image_size: tuple[int, int] = (640, 480),
               force_people: bool = False, cache_dir: str | Path = "bench_cache", pool: int = 8, seed: int = 0,
-              progress: bool = True) -> dict:
-    """Every case of backends x threads x sizes x people -> {"results": [...], "sources": [...], ...}."""
+              progress: bool = True, schedules: tuple[str, ...] = ("sequential",)) -> dict:
+    """Every case of backends x threads x sizes x schedules x people -> {"results": [...], "sources": [...], ...}.
+    schedules: "sequential" (one thread) and/or "pipelined" (detector one frame ahead, ``time_frames``)."""
     from tqdm import tqdm
 
     from hcq_ros.pipeline import Perceptor, PerceptorConfig
     from hcq_ros.ros.messages import MessageFactory
 
-    check_settings(backends, threads, sizes, people, frames, warmup, image_size)
+    check_settings(backends, threads, sizes, people, frames, warmup, image_size, schedules)
     detector, person = model_family(detector, "detector"), model_family(person, "PersonNet")
     cache_dir = Path(cache_dir)
     for backend in backends:   # every file found or exportable before the first (slow) export
@@ -317,7 +342,8 @@ def run_cases(detector: str | Path, person: str | Path, backends: list[str], thr
     factory = MessageFactory.rosbags()
     scenes = {n: frames_with_people(n, pool, image_size[0], image_size[1], seed) for n in people}
     results, sources = [], []
-    bar = tqdm(total=len(backends) * len(threads) * len(sizes) * len(people) * (frames + warmup), unit="frame",
+    bar = tqdm(total=len(backends) * len(threads) * len(sizes) * len(schedules) * len(people) * (frames + warmup),
+               unit="frame",
                desc="bench", disable=not progress)
     try:
         for backend in backends:
@@ -332,13 +358,15 @@ def run_cases(detector: str | Path, person: str | Path, backends: list[str], thr
                                              threads=n_threads, tracker=dict(FORCED_TRACKER) if force_people else {})
                     perceptor = Perceptor(config)
                     try:
-                        for n in people:
-                            bar.set_postfix_str(f"{backend} t{n_threads} {size}px {n} people")
+                        for schedule, n in ((s, n) for s in schedules for n in people):
+                            bar.set_postfix_str(f"{backend} t{n_threads} {size}px {schedule} {n} people")
                             perceptor.set_runtime_options(**case_options(n, force_people))
                             scoped = reset_peak_rss()
-                            timing = time_frames(perceptor, scenes[n][0], frames, warmup, factory, bar)
+                            timing = time_frames(perceptor, scenes[n][0], frames, warmup, factory, bar,
+                                                 pipelined=schedule == "pipelined")
                             results.append({
-                                "backend": backend, "threads": n_threads, "size": size, "people": n,
+                                "backend": backend, "threads": n_threads, "size": size, "schedule": schedule,
+                                "people": n,
                                 "mode": "forced" if force_people else "detector",
                                 "ground_truth_people": round(float(np.mean(scenes[n][1])), 2), **timing,
                                 "torch_threads": torch.get_num_threads(),   # postprocess runs in torch
@@ -353,9 +381,14 @@ def run_cases(detector: str | Path, person: str | Path, backends: list[str], thr
             "person": model_description(person)}
 
 
-def check_settings(backends, threads, sizes, people, frames, warmup, image_size) -> None:
+def check_settings(backends, threads, sizes, people, frames, warmup, image_size,
+                   schedules=("sequential",)) -> None:
     """ValueError naming the first bad setting."""
     from hcq_ros.runtime.export import check_input_size
+
+    bad_schedules = [s for s in schedules if s not in SCHEDULES]
+    if not schedules or bad_schedules:
+        raise ValueError(f"schedules must be some of {list(SCHEDULES)}, got {list(schedules)}")
 
     bad_backends = [b for b in backends if b not in ("onnxruntime", "torch")]
     if not backends or bad_backends:
@@ -376,25 +409,33 @@ def check_settings(backends, threads, sizes, people, frames, warmup, image_size)
 
 def target_checks(results: list[dict]) -> dict:
     """The product's targets against the measured cases (reported, never asserted): FPS at the reference case
-    and, per backend/threads/size with a 0-people case, the cost of one more person (least-squares slope of the
-    median frame time over the detected persons) as a fraction of the 0-people frame time."""
+    (``fps``: sequential, ``fps_pipelined``: the pipelined schedule, None if not measured) and, per backend/threads/
+    size/schedule with a 0-people case, the cost of one more person (least-squares slope of the frame time over
+    the detected persons) as a fraction of the 0-people frame time. Frame time: the median per-frame latency when
+    sequential (one frame at a time, latency = frame time); the frame period (wall / frames) when pipelined."""
     ref = TARGETS["fps_case"]
-    fps_case = next((r for r in results if all(r[k] == v for k, v in ref.items())), None)
+
+    def fps_check(schedule: str):
+        case = next((r for r in results if all(r[k] == v for k, v in ref.items())
+                     and r.get("schedule", "sequential") == schedule), None)
+        return None if case is None else {
+            "fps": case["fps"], "meets_min": case["fps"] >= TARGETS["fps_min"],
+            "meets_goal": case["fps"] >= TARGETS["fps_goal"], "fps_without_annotated": case.get("fps_without_annotated")}
+
+    def frame_ms(r: dict) -> float:
+        return r["period_ms"] if r.get("schedule", "sequential") == "pipelined" else r["total_ms"]["median"]
+
     per_person = []
-    for key in sorted({(r["backend"], r["threads"], r["size"]) for r in results}):
-        group = [r for r in results if (r["backend"], r["threads"], r["size"]) == key]
+    for key in sorted({(r["backend"], r["threads"], r["size"], r.get("schedule", "sequential")) for r in results}):
+        group = [r for r in results if (r["backend"], r["threads"], r["size"], r.get("schedule", "sequential")) == key]
         empty = next((r for r in group if r["people"] == 0), None)
         xs = [r["detected"]["mean"] for r in group]
         if empty is None or len(group) < 2 or max(xs) - min(xs) < 1e-6:
             continue
-        slope = float(np.polyfit(xs, [r["total_ms"]["median"] for r in group], 1)[0])
-        fraction = slope / empty["total_ms"]["median"]
-        per_person.append({"backend": key[0], "threads": key[1], "size": key[2], "ms_per_person": round(slope, 3),
-                           "fraction_of_empty_frame": round(fraction, 4),
+        slope = float(np.polyfit(xs, [frame_ms(r) for r in group], 1)[0])
+        fraction = slope / frame_ms(empty)
+        per_person.append({"backend": key[0], "threads": key[1], "size": key[2], "schedule": key[3],
+                           "ms_per_person": round(slope, 3), "fraction_of_empty_frame": round(fraction, 4),
                            "within_target": fraction <= TARGETS["per_person_max_fraction"]})
-    return {"targets": TARGETS,
-            "fps": None if fps_case is None else {
-                "fps": fps_case["fps"], "meets_min": fps_case["fps"] >= TARGETS["fps_min"],
-                "meets_goal": fps_case["fps"] >= TARGETS["fps_goal"],
-                "fps_without_annotated": fps_case.get("fps_without_annotated")},
+    return {"targets": TARGETS, "fps": fps_check("sequential"), "fps_pipelined": fps_check("pipelined"),
             "per_person": per_person}

@@ -10,12 +10,13 @@ errors) for /diagnostics.
 """
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Generic, Optional, TypeVar
+from typing import Any, Callable, Generic, Optional, TypeVar
 
 T = TypeVar("T")
 
@@ -163,28 +164,40 @@ class PipelineStats:
 class FrameWorker(Generic[T]):
     """A thread that runs ``handler(item)`` on the newest submitted item, dropping older ones.
 
-    handler(item) -> optional per-frame measurements {name: ms} (averaged in the stats). An exception in the handler is counted,
-    passed to ``on_error`` and does not stop the worker.
+    handler(item) -> optional per-frame measurements {name: ms} (averaged in the stats). An exception in the handler
+    is counted, passed to ``on_error`` and does not stop the worker.
+
+    then: a second stage on a second thread (``hcq_ros.pipeline_stages``): ``handler(item)`` (e.g. decode +
+    detector) then returns the value that ``then(value)`` (describe + publish) receives, and ``then`` returns the
+    measurements. The first stage takes the next newest frame while the second works on the previous one; the
+    hand-off holds one value, so the first stage waits instead of queueing (latency stays bounded) and frames that
+    arrive meanwhile are dropped in the slot as before. Items leave the second stage in the order they were taken.
     """
 
-    def __init__(self, handler: Callable[[T], Optional[Mapping[str, float]]],
-                 on_error: Optional[Callable[[BaseException], None]] = None,
+    def __init__(self, handler: Callable[[T], Any], on_error: Optional[Callable[[BaseException], None]] = None,
                  name: str = "hcq_perception_worker", window_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 then: Optional[Callable[[Any], Optional[Mapping[str, float]]]] = None):
         self._handler = handler
+        self._then = then
         self._on_error = on_error
         self._name = name
         self._clock = clock
         self._slot: NewestFrameSlot[T] = NewestFrameSlot(clock)
         self.stats = PipelineStats(window_s, clock)
-        self._thread: Optional[threading.Thread] = None
+        self._threads: list[threading.Thread] = []
+        self._handoff: "queue.Queue" = queue.Queue(maxsize=1)
         self._last_arrival_s: Optional[float] = None
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self._threads:
             raise RuntimeError(f"worker {self._name} already started")
-        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name=self._name, daemon=True)]
+        if self._then is not None:
+            self._threads.append(threading.Thread(target=self._run_second, name=self._name + "_second",
+                                                  daemon=True))
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, item: T) -> bool:
         """Hand a frame over (cheap; safe from any thread). True if an older pending frame was dropped."""
@@ -192,32 +205,52 @@ class FrameWorker(Generic[T]):
         return self._slot.put(item)
 
     def stop(self, timeout: Optional[float] = 10.0) -> bool:
-        """Close the slot and join the thread (the frame in progress finishes); False if it is still running
+        """Close the slot and join the thread(s) (the frames in progress finish); False if one is still running
         after ``timeout`` seconds."""
         self._slot.close()
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        for thread in self._threads:
+            thread.join(timeout)
+        return not self.running
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return any(thread.is_alive() for thread in self._threads)
 
     def snapshot(self) -> StatsSnapshot:
         return self.stats.snapshot(self._slot.received, self._slot.dropped, self._last_arrival_s)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.stats.record_error(exc)
+        if self._on_error is not None:
+            self._on_error(exc)
 
     def _run(self) -> None:
         while True:
             entry = self._slot.take()
             if entry is None:  # closed
+                if self._then is not None:
+                    self._handoff.put(None)   # the second stage finishes what it holds, then ends
                 return
             try:
-                measurements = self._handler(entry.item)
+                result = self._handler(entry.item)
             except Exception as exc:  # noqa: BLE001 - one bad frame must not kill the worker
-                self.stats.record_error(exc)
-                if self._on_error is not None:
-                    self._on_error(exc)
+                self._failed(exc)
+                continue
+            if self._then is None:
+                self.stats.record(entry.arrived_s, result)
+            else:
+                self._handoff.put((entry, result))   # waits while the second stage is busy: bounded latency
+
+    def _run_second(self) -> None:
+        while True:
+            handed = self._handoff.get()
+            if handed is None:
+                return
+            entry, value = handed
+            try:
+                measurements = self._then(value)
+            except Exception as exc:  # noqa: BLE001
+                self._failed(exc)
                 continue
             self.stats.record(entry.arrived_s, measurements)
 

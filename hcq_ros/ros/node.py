@@ -152,8 +152,13 @@ class PerceptionNode(LifecycleNode):
         self.get_logger().info(f"Perceptor ready in {time.monotonic() - started:.1f} s: detector "
                                f"{config.detector_model}, person net {config.person_model}, backend "
                                f"{self._values['backend']!r}, input {self._values['input_size']}")
-        self._worker = frame_slot.FrameWorker(self._process_image, on_error=self._on_worker_error,
-                                              window_s=max(5.0, self._values["diagnostics_period"]))
+        window_s = max(5.0, self._values["diagnostics_period"])
+        if config.pipelined:   # decode + detector on one thread, PersonNet + tracker + publishing on another
+            self._worker = frame_slot.FrameWorker(self._detect_image, on_error=self._on_worker_error,
+                                                  window_s=window_s, then=self._describe_and_publish)
+        else:
+            self._worker = frame_slot.FrameWorker(self._process_image, on_error=self._on_worker_error,
+                                                  window_s=window_s)
         self._worker.start()
         self._errors_reported = 0
         result = super().on_activate(state)  # enables the lifecycle publishers
@@ -322,6 +327,11 @@ class PerceptionNode(LifecycleNode):
 
     def _process_image(self, msg: Any) -> dict[str, float]:
         """Worker thread: decode, perceive, publish one image; returns per-frame measurements in ms."""
+        return self._describe_and_publish(self._detect_image(msg))
+
+    def _detect_image(self, msg: Any) -> Optional[tuple]:
+        """First stage: decode and run the detector. It runs outside the lock (the parameter callback only
+        swaps thresholds; deactivate joins this thread before it closes the Perceptor)."""
         started = time.perf_counter()
         rgb = self._decode(msg)
         decoded = time.perf_counter()
@@ -329,6 +339,18 @@ class PerceptionNode(LifecycleNode):
         if not header.frame_id:
             header.frame_id = self._values["default_frame_id"]
         stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+        perceptor = self._perceptor
+        if perceptor is None:  # deactivated meanwhile
+            return None
+        detections = perceptor.detect(rgb, stamp_ns=stamp_ns, frame_id=header.frame_id)
+        return header, rgb, stamp_ns, detections, ((decoded - started) * 1e3, (time.perf_counter() - decoded) * 1e3)
+
+    def _describe_and_publish(self, staged: Optional[tuple]) -> dict[str, float]:
+        """Second stage, in frame order: stamp rules, PersonNet + tracker, publish; per-frame measurements in ms."""
+        if staged is None:
+            return {}
+        header, rgb, stamp_ns, detections, (decode_ms, detect_ms) = staged
+        started = time.perf_counter()
         with self._lock:
             if self._perceptor is None:  # deactivated meanwhile
                 return {}
@@ -337,7 +359,7 @@ class PerceptionNode(LifecycleNode):
                 self.get_logger().warning("image stamps went back in time: resetting the tracker")
                 self._perceptor.reset()
             self._last_stamp_ns = stamp_ns
-            frame = self._perceptor.process(rgb, stamp_ns=stamp_ns, frame_id=header.frame_id)
+            frame = self._perceptor.describe(detections)
             options = self._message_options()
         perceived = time.perf_counter()
         messages = frame_to_messages(frame, rgb if options.image_annotated else None, header, self._factory,
@@ -356,7 +378,7 @@ class PerceptionNode(LifecycleNode):
                                       f"{rgb.shape[1]}x{rgb.shape[0]}", throttle_duration_sec=30.0)
         self._last_frame = frame
         done = time.perf_counter()
-        return {"decode_ms": (decoded - started) * 1e3, "perceptor_ms": (perceived - decoded) * 1e3,
+        return {"decode_ms": decode_ms, "perceptor_ms": detect_ms + (perceived - started) * 1e3,
                 "publish_ms": (done - perceived) * 1e3,
                 "stamp_latency_ms": (self.get_clock().now().nanoseconds - stamp_ns) / 1e6}
 

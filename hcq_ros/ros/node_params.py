@@ -87,6 +87,9 @@ PARAMS: tuple[ParamSpec, ...] = (
               maximum=4096, step=32, length=2, target="input_size"),
     ParamSpec("threads", "int", "CPU threads for CPU backends; 0 = library default", minimum=0, maximum=256,
               step=1, target="threads"),
+    ParamSpec("pipelined", "bool", "Run the detector on the next frame while a second thread runs PersonNet, the "
+              "tracker and publishing for this one (higher frame rate, same outputs; with threads 1 each stage "
+              "gets a core)", target="pipelined"),
     # ---- Perceptor: runtime options (changed live with `ros2 param set`)
     ParamSpec("max_people", "int", "Most persons kept per frame (highest scores)", read_only=False, minimum=1,
               maximum=300, step=1, target="max_people"),

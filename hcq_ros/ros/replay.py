@@ -250,8 +250,14 @@ class _Tally:
             self.stage_sum[stage] = self.stage_sum.get(stage, 0.0) + ms
 
 
-def perceive(perceptor, frame, tally: _Tally, max_pixels: int) -> PersonFrame:
-    """One SourceFrame -> PersonFrame, with the stamp rules of the module docstring."""
+def detect_frame(perceptor, frame):
+    """First half of one SourceFrame (any thread): the detector's output, or None for a frame that failed to
+    decode (``describe_frame`` turns it into a dropped PersonFrame)."""
+    return None if frame.error is not None else perceptor.detect(frame.rgb, frame.stamp_ns, frame.frame_id)
+
+
+def describe_frame(perceptor, frame, detections, tally: _Tally, max_pixels: int) -> PersonFrame:
+    """Second half, in frame order: the stamp rules of the module docstring, then ``Perceptor.describe``."""
     if frame.error is not None:
         w, h = frame.image_size
         size = (w, h) if 0 < w * h <= max_pixels else (0, 0)  # never draw a canvas of a garbage size
@@ -265,7 +271,7 @@ def perceive(perceptor, frame, tally: _Tally, max_pixels: int) -> PersonFrame:
         perceptor.reset()
         tally.summary_fields["tracker_resets"] += 1
     tally.last_stamp = frame.stamp_ns
-    return perceptor.process(frame.rgb, frame.stamp_ns, frame.frame_id)
+    return perceptor.describe(detections)
 
 
 def process_frames(frames: Iterable, perceptor, recorder: FrameRecorder, *, source_name: str = "frames",
@@ -286,9 +292,13 @@ def process_frames(frames: Iterable, perceptor, recorder: FrameRecorder, *, sour
     bar = tqdm(total=total, desc="replay", unit="frame", disable=not progress, leave=False)
     start = time.perf_counter()
 
-    def handle(item) -> None:
+    def first(item):
         frame, arrived = item
-        result = perceive(perceptor, frame, tally, max_pixels)
+        return frame, arrived, detect_frame(perceptor, frame)
+
+    def second(staged) -> None:
+        frame, arrived, detections = staged
+        result = describe_frame(perceptor, frame, detections, tally, max_pixels)
         elapsed = max(time.perf_counter() - start, 1e-9)
         stats = {"fps": (tally.summary_fields["processed"] + 1) / elapsed,
                  "dropped_frames": sum(tally.dropped.values()) + (result.dropped is not None)}
@@ -300,13 +310,19 @@ def process_frames(frames: Iterable, perceptor, recorder: FrameRecorder, *, sour
         bar.update(1)
         bar.set_postfix(persons=tally.summary_fields["persons"], tracks=len(tally.track_ids), refresh=False)
 
+    pipelined = bool(getattr(perceptor.config, "pipelined", False))
     skipped = 0
     try:
         if newest_only:
-            skipped = _run_newest_only(frames, handle, pace_fps, bar)
+            skipped = _run_newest_only(frames, first, second, pipelined, pace_fps, bar)
+        elif pipelined:   # the detector one frame ahead on a second thread; every frame still comes out, in order
+            from hcq_ros.pipeline_stages import run_two_stage
+
+            for _ in run_two_stage(((frame, time.perf_counter()) for frame in frames), first, second):
+                pass
         else:
             for frame in frames:
-                handle((frame, time.perf_counter()))
+                second(first((frame, time.perf_counter())))
     except KeyboardInterrupt:  # Ctrl-C ends a camera run: keep what was recorded and summarise it
         log.warning("interrupted: stopping after %d frames", tally.summary_fields["frames"])
     finally:
@@ -328,12 +344,17 @@ def process_frames(frames: Iterable, perceptor, recorder: FrameRecorder, *, sour
     return summary
 
 
-def _run_newest_only(frames: Iterable, handle: Callable, pace_fps: Optional[float], bar) -> int:
-    """Producer loop for newest-only mode; returns how many frames the worker skipped."""
+def _run_newest_only(frames: Iterable, first: Callable, second: Callable, pipelined: bool,
+                     pace_fps: Optional[float], bar) -> int:
+    """Producer loop for newest-only mode; returns how many frames the worker skipped. pipelined: the worker's
+    two-stage form (``first`` on one thread, ``second`` on another); else one thread runs both."""
     from hcq_ros.ros.frame_slot import FrameWorker
 
     errors: list[BaseException] = []
-    worker = FrameWorker(handle, on_error=errors.append, name="hcq_replay_worker")
+    if not pipelined:
+        worker = FrameWorker(lambda item: second(first(item)), on_error=errors.append, name="hcq_replay_worker")
+    else:
+        worker = FrameWorker(first, on_error=errors.append, name="hcq_replay_worker", then=second)
     worker.start()
     period = 1.0 / pace_fps if pace_fps else 0.0
     next_t = time.perf_counter()

@@ -1,0 +1,77 @@
+"""Two-stage pipelining: the detector of frame t+1 runs while frame t is described (DESIGN.md §8, speed).
+
+On a 2-core CPU one onnxruntime session gains little from a second thread (the int8 detector at 320²: 26 ms at 1
+thread, 22 ms at 2, `docs/benchmarks_int8.md`), while the per-person half (crops, PersonNet, tracker, messages)
+waits for it. Running ``Perceptor.detect`` on a worker thread one frame ahead of ``Perceptor.describe`` makes the
+frame period max(detect, describe) instead of their sum; each frame's latency stays about detect + describe.
+
+``run_two_stage`` is the generic form (ordered, one output per input, bounded: ``first`` runs at most ``depth``
+items ahead and then waits). Exceptions raised by ``first`` or by the input iterator reach the caller at the
+position where they happened, after every earlier output; the worker stops when the consumer stops early.
+``FrameWorker(..., then=...)`` in ``hcq_ros.ros.frame_slot`` is the live-camera form used by the node.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+A = TypeVar("A")
+B = TypeVar("B")
+C = TypeVar("C")
+
+_END = object()
+
+
+class _Raised:
+    """An exception of the worker (``first`` or the input iterator), carried to the consumer in order."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def run_two_stage(items: Iterable[A], first: Callable[[A], B], second: Callable[[B], C], *, depth: int = 1,
+                  name: str = "hcq_first_stage") -> Iterator[C]:
+    """Yield ``second(first(item))`` for every item, in order, with ``first`` on a worker thread.
+
+    depth: how many results of ``first`` may wait for ``second`` (>= 1; 1 = one frame ahead). Memory is bounded
+    by depth + 2 items. Closing the generator (a consumer's ``break``) stops the worker after its current item.
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(value: Any) -> bool:
+        while not stop.is_set():   # a bounded wait, so that a consumer that left does not strand the thread
+            try:
+                handoff.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if stop.is_set() or not put(first(item)):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            put(_Raised(exc))
+            return
+        put(_END)
+
+    worker = threading.Thread(target=work, name=name, daemon=True)
+    worker.start()
+    try:
+        while True:
+            value = handoff.get()
+            if value is _END:
+                return
+            if isinstance(value, _Raised):
+                raise value.error
+            yield second(value)
+    finally:
+        stop.set()
+        worker.join(timeout=30.0)   # the item in progress finishes; a source blocked for longer is left behind
