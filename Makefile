@@ -20,15 +20,22 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
 
-# docs/benchmarks.md (+ JSON and PNG): the whole grid of DESIGN.md section 8 on the shipped models, then the int8
-# profile at the node's 320x320 (docs/benchmarks_int8.*); about 40 minutes on 2 cores, on an otherwise idle machine.
+# docs/benchmarks.md (+ JSON and PNG): the whole grid of DESIGN.md section 8 on the shipped models (one frame at a
+# time), then at the node's 320x320 one frame at a time and pipelined (detector one frame ahead on a second thread),
+# fp32 (docs/benchmarks_pipelined.*) and the int8 profile (docs/benchmarks_int8.*); about 45 minutes on 2 cores, on
+# an otherwise idle machine.
 bench: $(STAMP)
 	$(VENV)/bin/hcq-ros bench --detector engines/hcq_small.onnx --person engines/person_small.onnx \
 	    --backend onnxruntime torch --threads 1 2 --sizes 256 320 384 512 --people 0 1 5 10 20 \
 	    --force-people --unified-vs-separate --json docs/benchmarks.json --markdown docs/benchmarks.md \
 	    --plot docs/benchmarks.png
+	$(VENV)/bin/hcq-ros bench --detector engines/hcq_small.onnx --person engines/person_small.onnx \
+	    --backend onnxruntime --threads 1 2 --sizes 320 --people 0 1 5 10 20 --force-people \
+	    --schedule sequential pipelined \
+	    --json docs/benchmarks_pipelined.json --markdown docs/benchmarks_pipelined.md --plot docs/benchmarks_pipelined.png
 	$(VENV)/bin/hcq-ros bench --detector engines/hcq_small.int8.onnx --person engines/person_small.int8.onnx \
 	    --backend onnxruntime --threads 1 2 --sizes 320 --people 0 1 5 10 20 --force-people \
+	    --schedule sequential pipelined \
 	    --json docs/benchmarks_int8.json --markdown docs/benchmarks_int8.md --plot docs/benchmarks_int8.png
 
 # Ship a trained HCQNet: weights-only snapshot of RUN's last checkpoint -> the three exports at the node's 320x320

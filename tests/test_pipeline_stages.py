@@ -28,17 +28,16 @@ def test_every_item_comes_out_once_in_order_with_first_on_another_thread():
     assert list(run_two_stage([], first, lambda y: y)) == []
 
 
-@pytest.mark.parametrize("depth", [1, 3])
-def test_first_runs_at_most_depth_items_ahead(depth):
-    started, finished = [], []
+def test_first_starts_an_item_only_after_second_took_the_previous_one():
+    started, taken = [], []
 
     def second(x):
-        # first may have finished the items waiting in the hand-off (depth), plus the one it is putting
-        assert len(started) - len(finished) <= depth + 2
-        finished.append(x)
+        # while second works on x, first may have started (or finished) x + 1, never x + 2
+        assert max(started) <= x + 1
+        taken.append(x)
         return x
 
-    assert list(run_two_stage(range(30), lambda x: started.append(x) or x, second, depth=depth)) == list(range(30))
+    assert list(run_two_stage(range(30), lambda x: started.append(x) or x, second)) == list(range(30))
 
 
 def test_the_two_stages_overlap():
@@ -93,11 +92,6 @@ def test_a_consumer_that_stops_early_stops_the_worker():
     stream.close()   # joins the worker
     assert len(pulled) < 10
     assert not any(t.name == "hcq_first_stage" and t.is_alive() for t in threading.enumerate())
-
-
-def test_depth_must_be_positive():
-    with pytest.raises(ValueError, match="depth"):
-        list(run_two_stage([1], lambda x: x, lambda y: y, depth=0))
 
 
 # ------------------------------------------------------------------------------------------- FrameWorker

@@ -93,6 +93,8 @@ def run_sequences(perceptor, data_dir: str | Path, coco=None, gt_ids: str = "app
     """Run the Perceptor over every sequence of ``data_dir``; on_frame(image, frame_result) after each frame."""
     from tqdm import tqdm
 
+    from hcq_ros.pipeline_stages import run_two_stage
+
     if gt_ids not in GT_IDS:
         raise ValueError(f"gt_ids must be one of {GT_IDS}, got {gt_ids!r}")
     data_dir = Path(data_dir)
@@ -108,13 +110,18 @@ def run_sequences(perceptor, data_dir: str | Path, coco=None, gt_ids: str = "app
             length = min(seq.length, max_frames or seq.length)
             period = 1e9 / seq.fps
             frames, image_ids = [], {}
-            for frame in range(1, length + 1):
-                image = read_image(seq.image_dir / f"{frame:06d}{seq.image_ext}")
-                stamp = int(round((frame - 1) * period))
+            inputs = ((frame, read_image(seq.image_dir / f"{frame:06d}{seq.image_ext}"),
+                       int(round((frame - 1) * period))) for frame in range(1, length + 1))
+            if getattr(perceptor.config, "pipelined", False):   # image reading + detector one frame ahead
+                outputs = run_two_stage(inputs, lambda x, name=seq.name: (x, perceptor.detect(x[1], x[2], name)),
+                                        lambda staged: (staged[0], perceptor.describe(staged[1])))
+            else:
+                outputs = ((x, perceptor.process(x[1], x[2], seq.name)) for x in inputs)
+            for (frame, image, stamp), result in outputs:
                 image_id = by_frame.get((seq.name, frame))
                 if image_id is not None:
                     image_ids[frame] = image_id
-                record = FrameResult(image_id, frame, stamp, perceptor.process(image, stamp, seq.name))
+                record = FrameResult(image_id, frame, stamp, result)
                 frames.append(record)
                 if on_frame is not None:
                     on_frame(image, record)

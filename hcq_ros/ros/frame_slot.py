@@ -169,9 +169,10 @@ class FrameWorker(Generic[T]):
 
     then: a second stage on a second thread (``hcq_ros.pipeline_stages``): ``handler(item)`` (e.g. decode +
     detector) then returns the value that ``then(value)`` (describe + publish) receives, and ``then`` returns the
-    measurements. The first stage takes the next newest frame while the second works on the previous one; the
-    hand-off holds one value, so the first stage waits instead of queueing (latency stays bounded) and frames that
-    arrive meanwhile are dropped in the slot as before. Items leave the second stage in the order they were taken.
+    measurements. The first stage works on the newest frame while the second works on the previous one, and takes
+    its next frame only once the second stage has taken its last result: nothing queues between the stages
+    (latency stays bounded, the frame detected next is the newest), and frames that arrive meanwhile are dropped
+    in the slot as before. Items leave the second stage in the order they were taken.
     """
 
     def __init__(self, handler: Callable[[T], Any], on_error: Optional[Callable[[BaseException], None]] = None,
@@ -187,6 +188,7 @@ class FrameWorker(Generic[T]):
         self.stats = PipelineStats(window_s, clock)
         self._threads: list[threading.Thread] = []
         self._handoff: "queue.Queue" = queue.Queue(maxsize=1)
+        self._taken = threading.Event()
         self._last_arrival_s: Optional[float] = None
 
     def start(self) -> None:
@@ -238,12 +240,15 @@ class FrameWorker(Generic[T]):
                 continue
             if self._then is None:
                 self.stats.record(entry.arrived_s, result)
-            else:
-                self._handoff.put((entry, result))   # waits while the second stage is busy: bounded latency
+            else:   # wait until the second stage took it: the next frame is then taken as fresh as possible
+                self._taken.clear()
+                self._handoff.put((entry, result))
+                self._taken.wait()
 
     def _run_second(self) -> None:
         while True:
             handed = self._handoff.get()
+            self._taken.set()
             if handed is None:
                 return
             entry, value = handed
