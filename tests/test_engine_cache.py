@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import onnx
 import pytest
+from pathlib import Path
 from onnx import TensorProto, helper
 
 from hcq_ros.data.torch_dataset import IMAGE_MEAN, IMAGE_STD
@@ -99,9 +100,46 @@ def test_foreign_engine_is_rebuilt_with_a_log_line(tmp_path, caplog):
     # metadata missing or unreadable: rebuilt too
     engine_file.with_suffix(".json").write_text("{not json")
     assert cache.load_or_build(make_key(), fake.build, fake.deserialize, engine_path=engine_file).built
-    engine_file.with_suffix(".json").unlink()
-    assert cache.load_or_build(make_key(), fake.build, fake.deserialize, engine_path=engine_file).built
-    assert fake.builds == 4
+    assert fake.builds == 3
+    # in the cache layout, an engine without metadata is rebuilt as well
+    cached = cache.load_or_build(make_key(), fake.build, fake.deserialize).path
+    cached.with_suffix(".json").unlink()
+    assert cache.load_or_build(make_key(), fake.build, fake.deserialize).built and fake.builds == 5
+
+
+def test_an_explicit_engine_without_metadata_is_never_overwritten(tmp_path):
+    """A user's own engine (trtexec) at an explicit path: nothing says what it is for; refuse, keep the file."""
+    fake, cache = FakeTensorRT(), EngineCache(tmp_path)
+    engine_file = tmp_path / "from_trtexec.engine"
+    engine_file.write_bytes(b"SOMEONE ELSE'S ENGINE")
+    with pytest.raises(ValueError, match="from_trtexec.json next to it.*not overwriting it"):
+        cache.load_or_build(make_key(), fake.build, fake.deserialize, engine_path=engine_file)
+    assert engine_file.read_bytes() == b"SOMEONE ELSE'S ENGINE" and fake.builds == 0
+
+
+def test_an_unwritable_cache_fails_before_the_build(tmp_path, monkeypatch):
+    fake = FakeTensorRT()
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.raises(RuntimeError, match="cannot write TensorRT engines to .*not_a_folder.*engine_cache_dir"):
+        EngineCache(blocker / "engines").load_or_build(make_key(), fake.build, fake.deserialize)
+    assert fake.builds == 0   # nothing was built only to be lost
+
+
+def test_an_unreadable_cached_engine_is_rebuilt(tmp_path, monkeypatch, caplog):
+    fake, cache, key = FakeTensorRT(), EngineCache(tmp_path), make_key()
+    path = cache.load_or_build(key, fake.build, fake.deserialize).path
+    real_read = Path.read_bytes
+
+    def read_bytes(self):
+        if self == path:
+            raise PermissionError(13, "Permission denied")
+        return real_read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with caplog.at_level(logging.WARNING):
+        assert cache.load_or_build(key, fake.build, fake.deserialize).built
+    assert "engine unreadable" in caplog.text
 
 
 def test_corrupt_or_refused_engine_is_rebuilt_never_a_crash(tmp_path, caplog):

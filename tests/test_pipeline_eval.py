@@ -4,6 +4,7 @@ its no-model fallback). A ground-truth stand-in perceptor must score 1.0; tiny r
 numbers through `pipeline_eval` as through `hcq-ros eval --gt --pred` on the files it wrote."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -173,3 +174,20 @@ def test_tracked_only_scores_what_is_published_and_ablates_every_detection(data,
     def scores(rows):   # everything but the timing
         return [{k: v for k, v in r.items() if k != "ms"} for r in rows]
     assert scores(published["tracker_ablation"]) == scores(every["tracker_ablation"])   # from every detection
+
+
+def test_pipelined_run_gives_the_same_rows_as_one_thread(data):
+    _, seq_dir, models = data
+    config = tiny_config(models)
+    rows = {}
+    for pipelined in (False, True):
+        perceptor = Perceptor(dataclasses.replace(config, pipelined=pipelined))
+        try:
+            sequences = run_sequences(perceptor, seq_dir, progress=False)
+        finally:
+            perceptor.close()
+        rows[pipelined] = [mot_rows(seq.frames) for seq in sequences]
+        assert [[fr.frame for fr in seq.frames] for seq in sequences] == [list(range(1, 7))] * 2
+    assert sum(len(r) for r in rows[False]) > 0
+    for sequential, pipelined in zip(rows[False], rows[True]):
+        np.testing.assert_array_equal(sequential, pipelined)

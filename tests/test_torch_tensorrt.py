@@ -67,6 +67,41 @@ def test_precision_only_with_torch_tensorrt(checkpoints, tmp_path, capsys):
     assert "--precision only applies to --target torch-tensorrt" in capsys.readouterr().err
 
 
+def test_fp16_is_asked_for_the_way_each_torch_tensorrt_release_takes_it():
+    """Newer torch-tensorrt releases default use_explicit_typing=True (enabled_precisions alone is then ignored); later
+    releases add rule-based autocast. The options follow the compile function's signature (stand-ins here)."""
+    from hcq_ros.runtime.torch_tensorrt_export import precision_options, save_options
+
+    def old_compile(program, inputs=None, *, enabled_precisions=None, min_block_size=5):
+        pass
+
+    def explicit_typing_compile(program, inputs=None, *, enabled_precisions=None, use_explicit_typing=True):
+        pass
+
+    def autocast_compile(program, inputs=None, *, use_explicit_typing=True, enable_autocast=False,
+                         low_precision_type=None, enabled_precisions=None):
+        pass
+
+    assert precision_options(old_compile, "fp16") == ({"enabled_precisions": {torch.float16}},
+                                                      "fp16 by enabled_precisions")
+    options, mode = precision_options(explicit_typing_compile, "fp16")
+    assert options == {"use_explicit_typing": False, "enabled_precisions": {torch.float16}} and "weak typing" in mode
+    options, mode = precision_options(autocast_compile, "fp16")
+    assert options["enable_autocast"] and options["low_precision_type"] is torch.float16 and "autocast" in mode
+    assert precision_options(autocast_compile, "fp32")[0] == {"enabled_precisions": {torch.float32}}
+
+    def old_save(module, path, *, inputs=None, retrace=False):
+        pass
+
+    def new_save(module, path, *, inputs=None, arg_inputs=None, dynamic_shapes=None, retrace=True):
+        pass
+
+    example, dynamic = torch.zeros(2, 3, 8, 4), ({0: torch.export.Dim("batch", min=1, max=32)},)
+    assert save_options(old_save, example, dynamic) == {"inputs": [example]}
+    assert save_options(new_save, example, dynamic) == {"arg_inputs": [example], "dynamic_shapes": dynamic}
+    assert save_options(new_save, example, None) == {"arg_inputs": [example]}
+
+
 def test_detector_compiles_with_the_plugin_and_agrees_with_torch(checkpoints, tmp_path):
     reason = _torch_trt_missing()
     if reason:

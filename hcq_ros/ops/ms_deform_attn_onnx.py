@@ -29,7 +29,8 @@ from onnx import TensorProto
 from hcq_ros.ops.ms_deform_attn import export_mode
 
 PLUGIN_OP_TYPE = "MultiscaleDeformableAttnPlugin_TRT"
-PLUGIN_DOMAIN = ""  # default domain: TensorRT's parser dispatches on op_type and ignores the domain
+PLUGIN_DOMAIN = ""  # default domain: TensorRT's parser finds the plugin by op_type (since 10.10 it also reads a
+                   # non-empty domain as the plugin namespace, so the domain must stay empty)
 PLUGIN_VERSION = "1"  # IPluginV2DynamicExt creator; still registered by TensorRT 10 next to the V3 one ("2")
 PLUGIN_NAMESPACE = ""
 PLUGIN_INPUT_RANKS = (4, 2, 1, 6, 5)  # value, spatial_shapes, level_start_index, sampling_locations, weights
@@ -124,8 +125,9 @@ def check_trt_plugin_nodes(model: onnx.ModelProto | str | os.PathLike) -> list[d
         if node.op_type != PLUGIN_OP_TYPE:
             continue
         where = f"plugin node {node.name or '<unnamed>'}"
-        if node.domain not in ("", "ai.onnx"):
-            raise ValueError(f"{where}: domain {node.domain!r}, expected the default domain")
+        if node.domain != PLUGIN_DOMAIN:
+            raise ValueError(f"{where}: domain {node.domain!r}, expected the empty default domain (TensorRT >= 10.10 "
+                             "reads a node's domain as the plugin namespace)")
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if attrs.get("plugin_version", b"1") != PLUGIN_VERSION.encode() or \
                 attrs.get("plugin_namespace", b"") != PLUGIN_NAMESPACE.encode():

@@ -154,6 +154,17 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def _check_writable(folder: Path) -> None:
+    """RuntimeError naming ``folder`` when an engine cannot be written there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_check."):
+            pass
+    except OSError as exc:
+        raise RuntimeError(f"cannot write TensorRT engines to {folder} ({exc}); set engine_cache_dir (node "
+                           "parameter) or $HCQ_ROS_ENGINE_CACHE to a writable folder") from exc
+
+
 class EngineCache:
     """See the module docstring. ``root``: cache directory (default ``default_cache_dir()``)."""
 
@@ -184,7 +195,10 @@ class EngineCache:
             diffs = [f"{k}: {stored.get(k)!r} != {wanted[k]!r}" for k in wanted if stored.get(k) != wanted[k]] \
                 if isinstance(stored, dict) else ["no key recorded"]
             return None, "stale or foreign engine (" + "; ".join(diffs) + ")"
-        data = engine_path.read_bytes()
+        try:
+            data = engine_path.read_bytes()
+        except OSError as exc:
+            return None, f"engine unreadable ({exc})"
         if meta.get("engine_sha256") != sha256_bytes(data):
             return None, "engine bytes do not match the recorded sha256 (truncated or modified)"
         return data, ""
@@ -209,6 +223,12 @@ class EngineCache:
             if engine is not None:
                 log.info("engine cache: loaded %s", path)
                 return CacheResult(engine, path, False, f"cached engine {path}")
+        if engine_path is not None and path.is_file() and not self.meta_path(path).is_file():
+            # an engine the user made (trtexec, another tool): nothing says what it was built for
+            raise ValueError(f"engine file {path} has no {self.meta_path(path).name} next to it, so it is not an "
+                             "hcq_ros engine and was not checked against this ONNX / TensorRT / GPU; not "
+                             "overwriting it: remove it, or leave the engine path unset to use the engine cache")
+        _check_writable(path.parent)   # before a build that takes minutes, not after
         if why != "no cached engine":
             log.warning("engine cache: rebuilding %s: %s", path, why)
         else:

@@ -52,9 +52,14 @@ class CudaBuffers:
         except ImportError as exc:
             raise RuntimeError("TensorRT backend needs CUDA buffers: torch.cuda is unavailable and pycuda is not "
                                "installed (pip install pycuda)") from exc
-        cuda.init()
+        try:
+            cuda.init()
+            device = cuda.Device(self.device_index)
+        except Exception as exc:  # pycuda.driver.Error / LogicError: no driver, no GPU, bad index
+            raise RuntimeError(f"TensorRT backend: no CUDA device {self.device_index} through pycuda "
+                               f"({type(exc).__name__}: {exc}); check nvidia-smi and the device index") from exc
         self.cuda = cuda
-        self.context = cuda.Device(self.device_index).retain_primary_context()
+        self.context = device.retain_primary_context()
         with self.activate():
             self.stream = cuda.Stream()
         self.via = "pycuda"
@@ -183,7 +188,12 @@ class TensorRTBackend(Backend):
         self.input_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         for n in names:
-            self._io_dtypes[n] = np.dtype(trt.nptype(engine.get_tensor_dtype(n)))
+            try:
+                self._io_dtypes[n] = np.dtype(trt.nptype(engine.get_tensor_dtype(n)))
+            except TypeError as exc:   # BF16 / FP8 / INT4 I/O (TensorRT 10) has no numpy type
+                raise ValueError(f"TensorRT backend: engine tensor {n!r} has type {engine.get_tensor_dtype(n)}, "
+                                 "which has no numpy equivalent; export with float32/int32 inputs and outputs") \
+                    from exc
             shape = tuple(None if d < 0 else int(d) for d in engine.get_tensor_shape(n))
             (self.input_shapes if n in self.input_names else self.output_shapes)[n] = shape
         self.input_dtypes = {n: self._io_dtypes[n] for n in self.input_names}

@@ -18,6 +18,7 @@ crops for the person net, normalised exactly as at run time. Those helpers need 
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -93,9 +94,10 @@ def onnx_input_shapes(onnx_path: str | Path) -> dict[str, list[int | None]]:
 
 
 def count_plugin_nodes(onnx_path: str | Path) -> int:
-    """Number of MultiscaleDeformableAttnPlugin_TRT nodes in an ONNX file's main graph."""
+    """Number of MultiscaleDeformableAttnPlugin_TRT nodes in an ONNX file (main graph and local functions)."""
     model = onnx.load(str(onnx_path), load_external_data=False)
-    return sum(1 for node in model.graph.node if node.op_type == PLUGIN_NAME)
+    nodes = [*model.graph.node, *(n for f in model.functions for n in f.node)]
+    return sum(1 for node in nodes if node.op_type == PLUGIN_NAME)
 
 
 def optimization_profile(input_shapes: dict[str, Sequence[int | None]],
@@ -188,13 +190,15 @@ def make_entropy_calibrator(trt, batches: Iterator[np.ndarray], batch_size: int,
             return batch_size
 
         def get_batch(self, names):
+            if len(names) != 1:   # the exports have one image input; one buffer cannot feed several
+                raise ValueError(f"INT8 calibration feeds one input, the network has {list(names)}")
             try:
                 array = next(self.batches)
             except StopIteration:
                 return None                               # no more data: calibration ends
             self.current = cuda.upload(np.ascontiguousarray(array, dtype=np.float32))
             cuda.synchronize()
-            return [cuda.pointer(self.current)] * len(names)
+            return [cuda.pointer(self.current)]
 
         def read_calibration_cache(self):
             if not cache_path.is_file():
@@ -300,7 +304,10 @@ def build_or_load_engine(onnx_path: str | Path, runtime_deserialize, cuda, preci
             if kind not in ("hcq", "person") or "input_size" not in meta:
                 raise ValueError(f"int8 calibration needs the export metadata (kind, input_size) of {onnx_path}")
             batch = 1 if not key.profile else key.profile[0][2][0]
-            calib_cache = cache.root / f"{model_stem(onnx_path).name}-{key.onnx_sha256[:16]}.calib"
+            # the scales depend on the data and the TensorRT version too, not only on the ONNX
+            source = f"{key.onnx_sha256}|{trt.__version__}|{batch}|{calib_count}|{calib_images or 'synth'}"
+            calib_cache = cache.root / (f"{model_stem(onnx_path).name}-"
+                                        f"{hashlib.sha256(source.encode()).hexdigest()[:16]}.calib")
             data = calibration_batches(kind, tuple(meta["input_size"]), batch, calib_count, calib_images)
             calibrator = make_entropy_calibrator(trt, data, batch, calib_cache, cuda)
         log.info("TensorRT %s: building %s engine from %s (takes minutes)", trt.__version__, precision, onnx_path)

@@ -23,6 +23,7 @@ on a ``torch.export`` ExportedProgram, ``torch_tensorrt.save``.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -77,7 +78,14 @@ def register_plugin_converter() -> None:
         raise RuntimeError(f"TensorRT {trt.__version__}: {PLUGIN_NAME} v{PLUGIN_VERSION} is not in the plugin "
                            "registry after init_libnvinfer_plugins (libnvinfer_plugin missing?)")
 
-    @dynamo_tensorrt_converter(torch.ops.hcq.ms_deform_attn.default, supports_dynamic_shapes=True)
+    try:
+        register = dynamo_tensorrt_converter(torch.ops.hcq.ms_deform_attn.default, supports_dynamic_shapes=True)
+    except TypeError as exc:   # the first 2.x releases had no supports_dynamic_shapes (PersonNet needs it)
+        raise RuntimeError(f"torch_tensorrt {getattr(torch_tensorrt_module(), '__version__', '?')} is too old for "
+                           f"--target {TORCH_TRT_TARGET}: its dynamo_tensorrt_converter has no "
+                           f"supports_dynamic_shapes ({exc}); upgrade torch-tensorrt") from exc
+
+    @register
     def convert_ms_deform_attn(ctx, target, args, kwargs, name):
         """value [N,S,M,D], spatial_shapes [L,2], level_start_index [L], sampling_locations [N,Lq,M,L,P,2],
         attention_weights [N,Lq,M,L,P] -> one plugin layer, output [N, Lq, M, D] (the op's own output)."""
@@ -91,6 +99,39 @@ def register_plugin_converter() -> None:
         return layer.get_output(0)
 
     _CONVERTER_REGISTERED = True
+
+
+def torch_tensorrt_module():
+    import torch_tensorrt
+    return torch_tensorrt
+
+
+def precision_options(compile_fn, precision: str) -> tuple[dict, str]:
+    """(keyword arguments for ``torch_tensorrt.dynamo.compile``, how the precision is asked for), by what that
+    release's signature takes. fp16 in newer releases (``use_explicit_typing`` defaults to True, and
+    ``enabled_precisions`` alone is then ignored): rule-based autocast to float16 where ``enable_autocast``
+    exists, else TensorRT weak typing with ``use_explicit_typing=False``; older releases: ``enabled_precisions``."""
+    params = inspect.signature(compile_fn).parameters
+    if precision == "fp32":
+        return {"enabled_precisions": {torch.float32}}, "fp32"
+    if "enable_autocast" in params and "low_precision_type" in params:
+        return {"use_explicit_typing": True, "enable_autocast": True, "low_precision_type": torch.float16}, \
+            "fp16 by rule-based autocast (enable_autocast)"
+    if "use_explicit_typing" in params:
+        return {"use_explicit_typing": False, "enabled_precisions": {torch.float16}}, \
+            "fp16 by TensorRT weak typing (use_explicit_typing=False)"
+    return {"enabled_precisions": {torch.float16}}, "fp16 by enabled_precisions"
+
+
+def save_options(save_fn, example: torch.Tensor, dynamic) -> dict:
+    """Keyword arguments for ``torch_tensorrt.save`` that keep a dynamic batch: ``arg_inputs`` (newer) or
+    ``inputs``, plus ``dynamic_shapes`` where save takes it (a re-exporting save would otherwise fix the batch at
+    the example's)."""
+    params = inspect.signature(save_fn).parameters
+    options = {("arg_inputs" if "arg_inputs" in params else "inputs"): [example]}
+    if dynamic is not None and "dynamic_shapes" in params:
+        options["dynamic_shapes"] = dynamic
+    return options
 
 
 def torch_trt_file_name(name: str) -> str:
@@ -128,13 +169,14 @@ def export_torch_tensorrt(checkpoint: str | Path, out_dir: str | Path = "engines
         dynamic, spec = None, torch_tensorrt.Input(shape=tuple(example.shape), dtype=torch.float32)
     with torch.no_grad(), export_mode(trt=True):
         program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
-        compiled = torch_tensorrt.dynamo.compile(program, inputs=[spec], enabled_precisions={PRECISIONS[precision]},
-                                                 min_block_size=1)
+        options, precision_mode = precision_options(torch_tensorrt.dynamo.compile, precision)
+        compiled = torch_tensorrt.dynamo.compile(program, inputs=[spec], min_block_size=1, **options)
     name = name or checkpoint.stem
     path = Path(out_dir) / torch_trt_file_name(name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch_tensorrt.save(compiled, str(path), inputs=[example])
-    metadata = {"kind": kind, "target": TORCH_TRT_TARGET, "precision": precision, "input_size": list(size),
+    torch_tensorrt.save(compiled, str(path), **save_options(torch_tensorrt.save, example, dynamic))
+    metadata = {"kind": kind, "target": TORCH_TRT_TARGET, "precision": precision, "precision_mode": precision_mode,
+                "input_size": list(size),
                 "input_names": list(module.input_names), "output_names": list(module.output_names),
                 "batch_profile": [lo, opt, hi] if kind == "person" else None,
                 "source_checkpoint": str(checkpoint), "source_sha256": sha256_file(checkpoint),
