@@ -157,7 +157,7 @@ def build_perceptor(args, scratch: Path):
 
     detector = args.detector or find_model(Path(args.engines), DETECTOR_STEM)
     person = args.person or find_model(Path(args.engines), PERSON_STEM)
-    settings: dict = {"backend": args.backend, "threads": args.threads}
+    settings: dict = {"backend": args.backend, "threads": args.threads, "pipelined": args.pipelined}
     if detector is None or person is None:
         detector, person = tiny_models(scratch)
         settings.update(copy.deepcopy(TINY_SETTINGS), backend="torch")
@@ -182,6 +182,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--person", default=None, help="PersonNet model (default shipped, else tiny random)")
     parser.add_argument("--engines", default="engines", help="where shipped models are looked for")
     parser.add_argument("--threads", type=int, default=1, help="backend CPU threads (default 1)")
+    parser.add_argument("--pipelined", action=argparse.BooleanOptionalAction, default=True,
+                        help="detector one frame ahead on a second thread, as the node (default on)")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -199,9 +201,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             live = live_load(perceptor, pool, args.live_seconds, args.live_fps, progress=not args.no_progress)
         finally:
             perceptor.close()
-    report = {"models": models, "frame_size": [args.size, args.size], "soak": soak, "live": live,
+    report = {"models": models, "frame_size": [args.size, args.size], "pipelined": args.pipelined,
+              "threads": args.threads, "backend": args.backend, "soak": soak, "live": live,
               "total_s": round(time.perf_counter() - t0, 1)}
-    print(f"models: {models}")
+    print(f"models: {models} ({'pipelined' if args.pipelined else 'one thread'}, {args.threads} thread(s) per model)")
     print(f"soak: {soak['frames']} frames at {soak['fps']:.1f} frames/s, {soak['persons']} persons, "
           f"{soak['tracks']} tracks; RSS {soak['rss_after_warmup_mib']:.1f} MiB after {soak['warmup_frames']} "
           f"warm-up frames -> {soak['rss_end_mib']:.1f} MiB at the end: growth {100 * soak['rss_growth']:.2f} % "
