@@ -520,6 +520,7 @@ def test_node_lifecycle_parameters_and_outputs(node_module, monkeypatch, tmp_pat
     perceptor = FakePerceptor.instances[-1]
     assert perceptor.config.score_threshold == 0.6 and perceptor.config.tracker["min_hits"] == 3
     assert Path(perceptor.config.detector_model).is_absolute()  # shipped default found in the package
+    assert perceptor.config.pipelined and node._worker._then is not None   # params.yaml: the two-stage worker
     (image_sub,) = node.subscriptions
     assert image_sub.topic == "image" and image_sub.msg_type is node_module.standins.Image
     assert image_sub.qos.reliability.name == "BEST_EFFORT" and image_sub.qos.depth == 1
