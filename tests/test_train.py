@@ -35,6 +35,7 @@ def test_train_logs_checkpoints_evaluates_and_resumes(tmp_path):
     assert _train(cfg, out, "--iterations", "2") == 0
     ckpt = torch.load(out / "last.pt", weights_only=False)
     assert ckpt["iteration"] == 2 and "hcq_config" in ckpt
+    assert ckpt["git_commit"] and ckpt["git_commit_last"]   # the code the run started from, and HEAD at this save
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert [int(r["iteration"]) for r in rows] == [1, 2]
     assert all(float(r["loss"]) > 0 for r in rows) and "loss_pose" in rows[0]

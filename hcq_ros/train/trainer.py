@@ -81,6 +81,8 @@ def _distributed() -> tuple[int, int]:
 class Trainer:
     def __init__(self, task, schedule: TrainSchedule, out_dir: str | Path, config_dump: dict):
         self.task, self.s, self.out = task, schedule, Path(out_dir)
+        # the code the run started from (kept over resumes); git_commit_last is HEAD at each save
+        self.start_commit = git_commit()
         self.config_dump = config_dump
         self.rank, self.world = _distributed()
         self.main = self.rank == 0
@@ -116,8 +118,8 @@ class Trainer:
         tmp = path.with_suffix(".tmp")
         torch.save({"model": self.model.state_dict(), "criterion": self.criterion.state_dict(),
                     "optimizer": self.optimizer.state_dict(), "iteration": self.iteration,
-                    "schedule": asdict(self.s), "config": self.config_dump, "git_commit": git_commit(),
-                    **self.task.checkpoint_extra()}, tmp)
+                    "schedule": asdict(self.s), "config": self.config_dump, "git_commit": self.start_commit,
+                    "git_commit_last": git_commit(), **self.task.checkpoint_extra()}, tmp)
         os.replace(tmp, path)   # atomic: an interrupted save never leaves a broken last.pt
 
     def resume(self, init: Path | None = None) -> bool:
@@ -134,6 +136,7 @@ class Trainer:
         self.criterion.load_state_dict(ckpt["criterion"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.iteration = int(ckpt["iteration"])
+        self.start_commit = ckpt.get("git_commit", self.start_commit)
         self.started_from = f"resumed from {self.last_path}"
         return True
 
@@ -201,8 +204,8 @@ class Trainer:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"model": self.model.state_dict(), "criterion": self.criterion.state_dict(),
-                    "iteration": self.iteration, "config": self.config_dump, "git_commit": git_commit(),
-                    **self.task.checkpoint_extra()}, path)
+                    "iteration": self.iteration, "config": self.config_dump, "git_commit": self.start_commit,
+                    "git_commit_last": git_commit(), **self.task.checkpoint_extra()}, path)
 
     # ---------------------------------------------------------------------------------------- logging
     def _log_row(self, row: dict) -> None:
