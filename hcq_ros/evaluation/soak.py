@@ -157,7 +157,11 @@ def build_perceptor(args, scratch: Path):
 
     detector = args.detector or find_model(Path(args.engines), DETECTOR_STEM)
     person = args.person or find_model(Path(args.engines), PERSON_STEM)
-    settings: dict = {"backend": args.backend, "threads": args.threads, "pipelined": args.pipelined}
+    from hcq_ros.ros.node_params import load_perceptor_settings
+
+    # the node's settings (launch/params.yaml: calibrated thresholds, tracked_only), so people are found and tracked
+    settings: dict = {**load_perceptor_settings(), "backend": args.backend, "threads": args.threads,
+                      "pipelined": args.pipelined}
     if detector is None or person is None:
         detector, person = tiny_models(scratch)
         settings.update(copy.deepcopy(TINY_SETTINGS), backend="torch")
