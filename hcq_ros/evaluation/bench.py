@@ -31,13 +31,13 @@ from typing import Optional
 import numpy as np
 import torch
 
+from hcq_ros.evaluation.bench_targets import TARGETS, target_checks  # noqa: F401  (part of this module's API)
+
 STAGES = ("preprocess", "detector", "postprocess", "crops", "person_net", "tracker", "assemble", "messages",
           "serialize", "annotate")
 SCHEDULES = ("sequential", "pipelined")
 FORCED_TRACKER = {"high_score": 0.0, "low_score": 0.0, "new_track_score": 0.0, "min_hits": 1}
 NOBODY_THRESHOLD = 0.9999999   # > every float32 sigmoid below 1.0: forced 0-people cases keep nobody
-TARGETS = {"fps_min": 20.0, "fps_goal": 30.0, "fps_case": {"backend": "onnxruntime", "size": 320, "people": 5},
-           "per_person_max_fraction": 0.10, "unified_ratio_max": 0.4}
 
 
 # ------------------------------------------------------------------------------------------- machine
@@ -404,34 +404,3 @@ def check_settings(backends, threads, sizes, people, frames, warmup, image_size,
         raise ValueError(f"frames must be >= 1 and warmup >= 0, got frames={frames}, warmup={warmup}")
     if len(image_size) != 2 or min(image_size) < 32:
         raise ValueError(f"image size must be (W, H) with both >= 32, got {image_size}")
-
-
-def target_checks(results: list[dict]) -> dict:
-    """The product's targets against the measured cases (reported, never asserted): FPS at the reference case
-    (``fps``: one entry per thread count and schedule measured there; the issue fixes backend, size and people, not
-    threads) and, per backend/threads/size/schedule with a 0-people case, the cost of one more person
-    (least-squares slope of the frame time over the detected persons) as a fraction of the 0-people frame time.
-    Frame time: the median per-frame latency when sequential (one frame at a time, latency = frame time); the frame
-    period (wall / frames) when pipelined."""
-    ref = TARGETS["fps_case"]
-    fps = [{"threads": r["threads"], "schedule": r.get("schedule", "sequential"), "fps": r["fps"],
-            "meets_min": r["fps"] >= TARGETS["fps_min"], "meets_goal": r["fps"] >= TARGETS["fps_goal"],
-            "fps_without_annotated": r.get("fps_without_annotated"), "latency_ms": r["total_ms"]["median"]}
-           for r in results if all(r[k] == v for k, v in ref.items())]
-
-    def frame_ms(r: dict) -> float:
-        return r["period_ms"] if r.get("schedule", "sequential") == "pipelined" else r["total_ms"]["median"]
-
-    per_person = []
-    for key in sorted({(r["backend"], r["threads"], r["size"], r.get("schedule", "sequential")) for r in results}):
-        group = [r for r in results if (r["backend"], r["threads"], r["size"], r.get("schedule", "sequential")) == key]
-        empty = next((r for r in group if r["people"] == 0), None)
-        xs = [r["detected"]["mean"] for r in group]
-        if empty is None or len(group) < 2 or max(xs) - min(xs) < 1e-6:
-            continue
-        slope = float(np.polyfit(xs, [frame_ms(r) for r in group], 1)[0])
-        fraction = slope / frame_ms(empty)
-        per_person.append({"backend": key[0], "threads": key[1], "size": key[2], "schedule": key[3],
-                           "ms_per_person": round(slope, 3), "fraction_of_empty_frame": round(fraction, 4),
-                           "within_target": fraction <= TARGETS["per_person_max_fraction"]})
-    return {"targets": TARGETS, "fps": fps, "per_person": per_person}
