@@ -22,7 +22,7 @@ test: $(STAMP)
 
 # docs/benchmarks.md (+ JSON and PNG): the whole grid of DESIGN.md section 8 on the shipped models (one frame at a
 # time), then at the node's 320x320 one frame at a time and pipelined (detector one frame ahead on a second thread),
-# fp32 (docs/benchmarks_pipelined.*) and the int8 profile (docs/benchmarks_int8.*); about 45 minutes on 2 cores, on
+# fp32 (docs/benchmarks_pipelined.*) and the int8 profile (docs/benchmarks_int8.*); 29 minutes on 2 cores, on
 # an otherwise idle machine.
 bench: $(STAMP)
 	$(VENV)/bin/hcq-ros bench --detector engines/hcq_small.onnx --person engines/person_small.onnx \
