@@ -226,15 +226,15 @@ class Perceptor:
     def describe(self, det: "Detections") -> PersonFrame:
         """Second half: crops, PersonNet, tracker, assembly -> PersonFrame. Call it in frame order (the tracker
         is sequential). A dropped ``det`` passes through as a dropped PersonFrame (the tracker does not see it)."""
-        if det.dropped is not None:
-            return PersonFrame(det.stamp_ns, det.frame_id, det.image_size, timings_ms=dict(det.timings_ms),
-                               dropped=det.dropped)
-        try:
-            return self._describe(det)
-        except Exception as exc:  # as in detect: the frame is dropped with the reason, the caller keeps going
-            log.exception("frame %s dropped", det.stamp_ns)
-            return PersonFrame(det.stamp_ns, det.frame_id, det.image_size, timings_ms=dict(det.timings_ms),
-                               dropped=f"processing error: {type(exc).__name__}: {exc}")
+        reason = det.dropped
+        if reason is None:
+            try:
+                return self._describe(det)
+            except Exception as exc:  # as in detect: the frame is dropped with the reason, the caller keeps going
+                log.exception("frame %s dropped", det.stamp_ns)
+                reason = f"processing error: {type(exc).__name__}: {exc}"
+        return PersonFrame(det.stamp_ns, det.frame_id, det.image_size, timings_ms=dict(det.timings_ms),
+                           dropped=reason)
 
     def check_image(self, image) -> Optional[str]:
         """None if ``image`` can be processed, else the reason it cannot."""
@@ -338,13 +338,10 @@ class Perceptor:
         """Iterate PersonFrames for an iterable of (stamp_ns, frame_id, image), one per frame, in order; with
         ``config.pipelined`` the detector runs one frame ahead on a second thread. Live sources that should skip
         frames instead: ``hcq_ros.ros.frame_slot.FrameWorker`` (the node's newest-frame slot)."""
-        if not self.config.pipelined:
-            for stamp_ns, frame_id, image in frames:
-                yield self.process(image, stamp_ns, frame_id)
-            return
-        from hcq_ros.pipeline_stages import run_two_stage
+        from hcq_ros.pipeline_stages import run_stages
 
-        yield from run_two_stage(frames, lambda f: self.detect(f[2], f[0], f[1]), self.describe)
+        yield from run_stages(frames, lambda f: self.detect(f[2], f[0], f[1]), self.describe,
+                              pipelined=self.config.pipelined)
 
 
 def _lap(timings: dict, stage: str, t0: float) -> float:

@@ -86,3 +86,12 @@ def run_two_stage(items: Iterable[A], first: Callable[[A], B], second: Callable[
     finally:
         stop.set()
         worker.join(timeout=30.0)   # the item in progress finishes; a source blocked for longer is left behind
+
+
+def run_stages(items: Iterable[A], first: Callable[[A], B], second: Callable[[B], C], *,
+               pipelined: bool) -> Iterator[C]:
+    """``second(first(item))`` for every item, in order: on two threads (``run_two_stage``) when ``pipelined``,
+    else on the caller's thread. The one switch every stream of the package goes through."""
+    if pipelined:
+        return run_two_stage(items, first, second)
+    return (second(first(item)) for item in items)

@@ -247,7 +247,7 @@ def time_frames(perceptor, images: list[np.ndarray], frames: int, warmup: int, f
     start -> annotated image done), fps (timed frames over their wall time), period_ms (1000 / fps),
     fps_without_annotated (the same without the "annotate" stage; None when pipelined, where the stages overlap
     and the annotate time cannot be taken out of the wall time), detected {mean, min, max}."""
-    from hcq_ros.pipeline_stages import run_two_stage
+    from hcq_ros.pipeline_stages import run_stages
     from hcq_ros.ros.messages import MessageOptions, frame_to_messages, topic_type
 
     outputs = MessageOptions(image_annotated=False)
@@ -298,13 +298,8 @@ def time_frames(perceptor, images: list[np.ndarray], frames: int, warmup: int, f
         annotate_wall += t5 - t4
         finished = t5
 
-    indices = range(warmup + frames)
-    if pipelined:
-        for _ in run_two_stage(indices, first, second):
-            pass
-    else:
-        for i in indices:
-            second(first(i))
+    for _ in run_stages(range(warmup + frames), first, second, pipelined=pipelined):
+        pass
     wall = finished - timed_from
     return {"stages_ms": {s: (_summary(v) if ran[s] else None) for s, v in samples.items()},
             "total_ms": _summary(totals), "fps": round(frames / wall, 2), "period_ms": round(1e3 * wall / frames, 3),

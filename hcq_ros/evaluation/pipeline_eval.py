@@ -93,7 +93,7 @@ def run_sequences(perceptor, data_dir: str | Path, coco=None, gt_ids: str = "app
     """Run the Perceptor over every sequence of ``data_dir``; on_frame(image, frame_result) after each frame."""
     from tqdm import tqdm
 
-    from hcq_ros.pipeline_stages import run_two_stage
+    from hcq_ros.pipeline_stages import run_stages
 
     if gt_ids not in GT_IDS:
         raise ValueError(f"gt_ids must be one of {GT_IDS}, got {gt_ids!r}")
@@ -112,11 +112,10 @@ def run_sequences(perceptor, data_dir: str | Path, coco=None, gt_ids: str = "app
             frames, image_ids = [], {}
             inputs = ((frame, read_image(seq.image_dir / f"{frame:06d}{seq.image_ext}"),
                        int(round((frame - 1) * period))) for frame in range(1, length + 1))
-            if getattr(perceptor.config, "pipelined", False):   # image reading + detector one frame ahead
-                outputs = run_two_stage(inputs, lambda x, name=seq.name: (x, perceptor.detect(x[1], x[2], name)),
-                                        lambda staged: (staged[0], perceptor.describe(staged[1])))
-            else:
-                outputs = ((x, perceptor.process(x[1], x[2], seq.name)) for x in inputs)
+            # pipelined: image reading + detector one frame ahead
+            outputs = run_stages(inputs, lambda x, name=seq.name: (x, perceptor.detect(x[1], x[2], name)),
+                                 lambda staged: (staged[0], perceptor.describe(staged[1])),
+                                 pipelined=bool(getattr(perceptor.config, "pipelined", False)))
             for (frame, image, stamp), result in outputs:
                 image_id = by_frame.get((seq.name, frame))
                 if image_id is not None:

@@ -315,14 +315,12 @@ def process_frames(frames: Iterable, perceptor, recorder: FrameRecorder, *, sour
     try:
         if newest_only:
             skipped = _run_newest_only(frames, first, second, pipelined, pace_fps, bar)
-        elif pipelined:   # the detector one frame ahead on a second thread; every frame still comes out, in order
-            from hcq_ros.pipeline_stages import run_two_stage
+        else:   # pipelined: the detector one frame ahead on a second thread; every frame still comes out, in order
+            from hcq_ros.pipeline_stages import run_stages
 
-            for _ in run_two_stage(((frame, time.perf_counter()) for frame in frames), first, second):
+            for _ in run_stages(((frame, time.perf_counter()) for frame in frames), first, second,
+                                pipelined=pipelined):
                 pass
-        else:
-            for frame in frames:
-                second(first((frame, time.perf_counter())))
     except KeyboardInterrupt:  # Ctrl-C ends a camera run: keep what was recorded and summarise it
         log.warning("interrupted: stopping after %d frames", tally.summary_fields["frames"])
     finally:
