@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 # Options that may change while running (ROS parameter callbacks); everything else needs a restart.
 RUNTIME_OPTIONS = ("score_threshold", "mask_threshold", "max_people", "tracked_only", "enable_person_net",
-                   "enable_masks", "enable_parts", "enable_attributes", "enable_reid")
+                   "enable_masks", "enable_parts", "enable_attributes", "enable_reid", "pose_source")
+POSE_SOURCES = ("detector", "crop")
 
 
 @dataclass
@@ -37,6 +38,9 @@ class PerceptorConfig:
     sees every detection above score_threshold, and a new person appears after ``tracker.min_hits`` frames.
     pipelined: streams (replay, run, the node, ``process_stream``) run ``detect`` of the next frame on a second
     thread while this one is described (``hcq_ros.pipeline_stages``): same outputs, higher frame rate.
+    pose_source: where each person's 17 joints come from: ``detector`` (HCQNet's one-pass pose) or ``crop``
+    (PersonNet's heatmap pose on the person crop, mapped back to the image; the detector's joints where PersonNet
+    is off or its export has no pose outputs).
     The defaults here are generic; the product's settings (thresholds calibrated for the shipped detector) are
     launch/params.yaml: ``PerceptorConfig.from_dict(hcq_ros.ros.node_params.load_perceptor_settings())``."""
     backend: str = "auto"
@@ -53,6 +57,7 @@ class PerceptorConfig:
     enable_parts: bool = True
     enable_attributes: bool = True
     enable_reid: bool = True
+    pose_source: str = "detector"
     threads: int = 0
     pipelined: bool = False
     max_image_pixels: int = 4096 * 4096
@@ -78,6 +83,8 @@ class PerceptorConfig:
             raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
         if self.max_people < 1:
             raise ValueError(f"max_people must be >= 1, got {self.max_people}")
+        if self.pose_source not in POSE_SOURCES:
+            raise ValueError(f"pose_source must be one of {POSE_SOURCES}, got {self.pose_source!r}")
         w, h = self.input_size
         if w % 32 or h % 32 or w <= 0 or h <= 0:
             raise ValueError(f"input_size must be positive multiples of 32, got {self.input_size}")
@@ -284,14 +291,26 @@ class Perceptor:
         tracks = self.tracker.update(boxes, scores, embeddings, stamp_ns=det.stamp_ns)
         t = _lap(timings, "tracker", t)
 
+        keypoints = self._keypoints(det.keypoints, person_out)
         persons = []
         for i in range(len(boxes)):
             if c.tracked_only and tracks[i].track_id <= 0:
                 continue   # a detection no confirmed track owns: a newcomer, or a one-frame false positive
-            persons.append(self._person(i, boxes[i], scores[i], det.keypoints[i], det.masks[i], tracks[i].track_id,
+            persons.append(self._person(i, boxes[i], scores[i], keypoints[i], det.masks[i], tracks[i].track_id,
                                         person_out))
         _lap(timings, "assemble", t)
         return PersonFrame(det.stamp_ns, det.frame_id, det.image_size, persons, timings)
+
+    def _keypoints(self, detector_keypoints: np.ndarray, person_out) -> np.ndarray:
+        """[N, 17, 3] image (x, y, conf) from the source ``config.pose_source`` names (see PerceptorConfig)."""
+        if self.config.pose_source != "crop" or person_out is None or "keypoints" not in person_out:
+            return detector_keypoints
+        from hcq_ros.data.crops import keypoints_to_image
+
+        out = np.empty_like(detector_keypoints)
+        out[..., :2] = keypoints_to_image(person_out["keypoints"], person_out["_affines"], self.crop_size)
+        out[..., 2] = person_out["keypoint_conf"]
+        return out
 
     def _run_person_net(self, image: np.ndarray, boxes: np.ndarray, timings: dict) -> dict:
         from hcq_ros.data.crops import crop_persons

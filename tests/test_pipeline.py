@@ -146,3 +146,27 @@ def test_static_export_size_must_match_input_size(model_dir, perceptor):
     ok = Perceptor(tiny_config(model_dir, input_size=(96, 64)), detector=StaticDetector(),
                    person_net=perceptor.person_net)
     assert ok.config.input_size == (96, 64)
+
+
+def test_pose_source_crop_maps_personnet_joints_back_to_the_image(perceptor, frames):
+    from hcq_ros.data.crops import keypoints_to_image
+
+    perceptor.reset()
+    det = perceptor.detect(frames[2], stamp_ns=1)
+    person_out = perceptor._run_person_net(det.image, det.boxes, {})
+    expected = keypoints_to_image(person_out["keypoints"], person_out["_affines"], perceptor.crop_size)
+    try:
+        perceptor.set_runtime_options(pose_source="crop")
+        out = perceptor.describe(det)
+        got = np.stack([p.keypoints for p in out.persons])
+        np.testing.assert_allclose(got[..., :2], expected[:len(got)], atol=1e-4)
+        np.testing.assert_allclose(got[..., 2], person_out["keypoint_conf"][:len(got)], atol=1e-6)
+        assert not np.allclose(got, det.keypoints[:len(got)])   # not the detector's joints
+        perceptor.set_runtime_options(enable_person_net=False)   # no crops: the detector's joints
+        perceptor.reset()
+        alone = perceptor.describe(perceptor.detect(frames[2], stamp_ns=1))
+        np.testing.assert_array_equal(np.stack([p.keypoints for p in alone.persons]), det.keypoints[:len(got)])
+    finally:
+        perceptor.set_runtime_options(pose_source="detector", enable_person_net=True)
+    with pytest.raises(ValueError, match="pose_source"):
+        perceptor.set_runtime_options(pose_source="heatmap")

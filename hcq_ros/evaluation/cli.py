@@ -68,6 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="a node params file or a mapping of PerceptorConfig settings (default: the shipped "
                             "launch/params.yaml)")
     group.add_argument("--score-threshold", type=float, default=None, help="Perceptor score threshold")
+    group.add_argument("--pose-source", default=None, choices=["detector", "crop"],
+                       help="where the joints come from (default: the params file's pose_source)")
     group.add_argument("--tracker-ablation", action="store_true",
                        help="also track the cached detections with IoU only / + ReID / + re-identification")
     group.add_argument("--gt-ids", default="appearance", choices=["appearance", "identity"],
@@ -232,6 +234,8 @@ def evaluate_pipeline_args(args: argparse.Namespace) -> dict:
         settings["input_size"] = args.input_size
     if args.score_threshold is not None:
         settings["score_threshold"] = args.score_threshold
+    if args.pose_source is not None:
+        settings["pose_source"] = args.pose_source
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError(f"--max-frames must be >= 1, got {args.max_frames}")
     perceptor = Perceptor(PerceptorConfig.from_dict(settings))

@@ -108,6 +108,9 @@ PARAMS: tuple[ParamSpec, ...] = (
               target="enable_attributes"),
     ParamSpec("enable_reid", "bool", "ReID embeddings (PersonNet); the tracker then uses IoU only",
               read_only=False, target="enable_reid"),
+    ParamSpec("pose_source", "str", "Where the 17 joints come from: 'detector' (HCQNet's one-pass pose) or 'crop' "
+              "(PersonNet's heatmap pose on the person crop; the detector's while PersonNet is off)",
+              read_only=False, choices=("detector", "crop"), target="pose_source"),
     # ---- tracker (hcq_ros.tracking.TrackerConfig; times in seconds, distances are cosine distances)
     *(ParamSpec(f"tracker.{name}", kind, description, minimum=low, maximum=high, step=1 if kind == "int" else 0.0,
                 target=f"tracker.{name}") for name, kind, low, high, description in (
