@@ -207,3 +207,10 @@ def test_command_line_tools_read_the_node_params_file_or_plain_settings(tmp_path
         node_params.load_perceptor_settings(bad)
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         node_params.load_perceptor_settings(tmp_path / "nope.yaml")
+
+
+def test_pose_source_choices_are_the_perceptors():
+    from hcq_ros.pipeline import POSE_SOURCES
+
+    spec = next(s for s in node_params.PARAMS if s.name == "pose_source")
+    assert tuple(spec.choices) == POSE_SOURCES and not spec.read_only

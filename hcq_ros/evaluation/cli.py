@@ -27,6 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
+from hcq_ros.pipeline import POSE_SOURCES
+
 from .attributes import evaluate_detection_attributes
 from .coco_eval import evaluate_detections, load_coco_gt, validate_results
 from .mot import evaluate_mot_dir
@@ -68,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="a node params file or a mapping of PerceptorConfig settings (default: the shipped "
                             "launch/params.yaml)")
     group.add_argument("--score-threshold", type=float, default=None, help="Perceptor score threshold")
-    group.add_argument("--pose-source", default=None, choices=["detector", "crop"],
+    group.add_argument("--pose-source", default=None, choices=list(POSE_SOURCES),
                        help="where the joints come from (default: the params file's pose_source)")
     group.add_argument("--tracker-ablation", action="store_true",
                        help="also track the cached detections with IoU only / + ReID / + re-identification")
