@@ -24,7 +24,7 @@ from hcq_ros.result import Person, PersonFrame, box_grid
 log = logging.getLogger(__name__)
 
 # Options that may change while running (ROS parameter callbacks); everything else needs a restart.
-RUNTIME_OPTIONS = ("score_threshold", "mask_threshold", "max_people", "tracked_only", "enable_person_net",
+RUNTIME_OPTIONS = ("score_threshold", "mask_threshold", "nms_iou", "max_people", "tracked_only", "enable_person_net",
                    "enable_masks", "enable_parts", "enable_attributes", "enable_reid", "pose_source")
 POSE_SOURCES = ("detector", "crop")
 
@@ -41,6 +41,8 @@ class PerceptorConfig:
     pose_source: where each person's 17 joints come from: ``detector`` (HCQNet's one-pass pose) or ``crop``
     (PersonNet's heatmap pose on the person crop, mapped back to the image; the detector's joints where PersonNet
     is off or its export has no pose outputs).
+    nms_iou: a detection overlapping a higher-scored one by IoU > this is a duplicate and dropped before tracking
+    (``HCQPostProcess``; 1.0 keeps the detector's raw set).
     The defaults here are generic; the product's settings (thresholds calibrated for the shipped detector) are
     launch/params.yaml: ``PerceptorConfig.from_dict(hcq_ros.ros.node_params.load_perceptor_settings())``."""
     backend: str = "auto"
@@ -50,6 +52,7 @@ class PerceptorConfig:
     input_size: tuple[int, int] = (320, 320)
     score_threshold: float = 0.5
     mask_threshold: float = 0.5
+    nms_iou: float = 1.0
     max_people: int = 20
     tracked_only: bool = False
     enable_person_net: bool = True
@@ -81,6 +84,8 @@ class PerceptorConfig:
             raise ValueError(f"score_threshold must be in [0, 1), got {self.score_threshold}")
         if not 0.0 < self.mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
+        if not 0.0 < self.nms_iou <= 1.0:
+            raise ValueError(f"nms_iou must be in (0, 1], got {self.nms_iou}")
         if self.max_people < 1:
             raise ValueError(f"max_people must be >= 1, got {self.max_people}")
         if self.pose_source not in POSE_SOURCES:
@@ -129,7 +134,7 @@ class Perceptor:
         if self.person_net is None and config.enable_person_net:
             self.person_net = self._open("person_net", config.person_model)
         self.postprocess = HCQPostProcess(score_threshold=config.score_threshold, max_people=config.max_people,
-                                          mask_threshold=config.mask_threshold)
+                                          mask_threshold=config.mask_threshold, nms_iou=config.nms_iou)
         self.tracker = Tracker(TrackerConfig.from_dict(config.tracker))
         if all(getattr(b, "name", "") != "torch" for b in (self.detector, self.person_net) if b is not None):
             # The postprocessor's torch ops are small; torch's own thread pool would only fight the runtime's
@@ -199,6 +204,7 @@ class Perceptor:
         self.postprocess.score_threshold = new.score_threshold
         self.postprocess.mask_threshold = new.mask_threshold
         self.postprocess.max_people = new.max_people
+        self.postprocess.nms_iou = new.nms_iou
 
     def reset(self) -> None:
         """Forget all tracks (a looped bag or a camera restart sends time backwards)."""

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from hcq_ros.cli import main
-from hcq_ros.evaluation.calibrate import (appearance_settings, best_row, calibrate, candidate_settings, keep_above,
-                                         params_snippet)
+from hcq_ros.evaluation.calibrate import (NMS_GRID, appearance_settings, best_row, calibrate, candidate_settings,
+                                         keep_above, params_snippet, suppress_cached)
 from hcq_ros.evaluation.pipeline_eval import run_sequences
 from hcq_ros.pipeline import PerceptorConfig
 from hcq_ros.result import Person
@@ -64,7 +64,7 @@ def test_keep_above_filters_a_copy(seq_dir):
 
 def test_calibration_keeps_the_false_positive_from_starting_tracks(seq_dir):
     result = calibrate(PosterPerceptor(seq_dir), seq_dir, floor=0.1, progress=False,
-                       score_grid=(0.1, 0.15, 0.2, 0.3, 0.5))
+                       score_grid=(0.1, 0.15, 0.2, 0.3, 0.5), nms_grid=(1.0,))
     best = result["best"]
     assert result["sequences"] == 2 and result["frames"] == 16
     assert best["new_track_score"] > FALSE_SCORE and best["FP"] == 0
@@ -88,6 +88,43 @@ def test_calibration_needs_a_perceptor_below_the_floor(seq_dir):
         best_row([])
 
 
+class DuplicatePerceptor(GroundTruthPerceptor):
+    """Ground truth at score 0.9 plus, for every person, a second box 1% of its width to the right at 0.95: the
+    set-prediction duplicate a weak detector makes. No score threshold separates the two."""
+
+    def __init__(self, data_dir):
+        super().__init__(data_dir)
+        self.config = PerceptorConfig(score_threshold=0.0)
+
+    def process(self, image, stamp_ns, frame_id):
+        from dataclasses import replace
+
+        out = super().process(image, stamp_ns, frame_id)
+        duplicates = []
+        for p in out.persons:
+            p.score = 0.9
+            shift = np.float32(0.01 * (p.box[2] - p.box[0]))
+            duplicates.append(replace(p, score=0.95, box=p.box + np.array([shift, 0, shift, 0], np.float32)))
+        out.persons.extend(duplicates)
+        return out
+
+
+def test_calibration_turns_duplicate_suppression_on(seq_dir):
+    result = calibrate(DuplicatePerceptor(seq_dir), seq_dir, floor=0.1, progress=False, score_grid=(0.1, 0.5))
+    best = result["best"]
+    assert best["nms_iou"] < 1.0 and best["FP"] == 0
+    raw = [r for r in result["rows"] if r["nms_iou"] == 1.0]
+    assert raw and all(r["FP"] > 0 for r in raw)                          # every duplicate became a track
+    assert {r["nms_iou"] for r in result["rows"]} == set(NMS_GRID)
+    assert f"nms_iou: {best['nms_iou']}" in params_snippet(best)
+    kept = suppress_cached(run_sequences(DuplicatePerceptor(seq_dir), seq_dir, progress=False), 0.8)
+    assert all(p.score == 0.95 for seq in kept for fr in seq.frames for p in fr.result.persons)
+    perceptor = DuplicatePerceptor(seq_dir)
+    perceptor.config = PerceptorConfig(score_threshold=0.0, nms_iou=0.7)
+    with pytest.raises(ValueError, match="nms_iou 1.0"):
+        calibrate(perceptor, seq_dir, floor=0.1, progress=False)
+
+
 class NoisyEmbeddingPerceptor(GroundTruthPerceptor):
     """Ground truth boxes (score 0.9) with a fresh random embedding per detection: appearance carries no identity."""
 
@@ -106,7 +143,8 @@ class NoisyEmbeddingPerceptor(GroundTruthPerceptor):
 
 
 def test_appearance_stage_prefers_iou_when_embeddings_are_noise(seq_dir):
-    result = calibrate(NoisyEmbeddingPerceptor(seq_dir), seq_dir, floor=0.1, progress=False, score_grid=(0.1, 0.5))
+    result = calibrate(NoisyEmbeddingPerceptor(seq_dir), seq_dir, floor=0.1, progress=False, score_grid=(0.1, 0.5),
+                       nms_grid=(1.0,))
     rows = result["appearance_rows"]
     assert len(rows) == len(appearance_settings()) == 19
     iou_only = rows[0]

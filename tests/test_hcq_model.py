@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from hcq_ros.models.hcq import PRESETS, QUERY_INITS, HCQConfig, HCQNet, flops_by_module, load_checkpoint, save_checkpoint
 from hcq_ros.models.heads import canonical_to_image, corners_to_xyxy, image_to_canonical, sine_embed
-from hcq_ros.models.postprocess import HCQPostProcess
+from hcq_ros.models.postprocess import HCQPostProcess, suppress_duplicates
 
 TINY = dict(d_model=32, mask_dim=32, enc_layers=2, dec_layers=2, num_queries=10, ffn_dim=64, mask_points=256)
 
@@ -227,6 +228,42 @@ def test_postprocess_keeps_top_people_sorted():
     result = HCQPostProcess(score_threshold=0.1, max_people=2)(outputs, [(64, 64)])[0]
     expected = torch.sigmoid(torch.tensor([3.0, 2.0]))
     torch.testing.assert_close(result["scores"], expected)
+
+
+def test_postprocess_drops_duplicates_before_max_people():
+    outputs = constructed_outputs(3.0)
+    outputs["pred_logits"][0, :, 0] = torch.tensor([2.5, 3.0, 2.0])
+    # query 0 is query 1's box shifted by 1% of the width (IoU ~0.96), query 2 a different person
+    outputs["pred_boxes"][0, 0] = torch.tensor([0.255, 0.25, 0.755, 0.5])
+    raw = HCQPostProcess(score_threshold=0.1, max_people=2)(outputs, [(64, 64)])[0]
+    torch.testing.assert_close(raw["scores"], torch.sigmoid(torch.tensor([3.0, 2.5])))   # the duplicate is 2nd
+    result = HCQPostProcess(score_threshold=0.1, max_people=2, nms_iou=0.8)(outputs, [(64, 64)])[0]
+    torch.testing.assert_close(result["scores"], torch.sigmoid(torch.tensor([3.0, 2.0])))   # the other person
+    assert result["masks"].shape == (2, 64, 64) and result["keypoints"].shape == (2, 17, 3)
+    with pytest.raises(ValueError, match="nms_iou must be in"):
+        HCQPostProcess(nms_iou=0.0)
+
+
+def test_suppress_duplicates_matches_the_greedy_definition():
+    from hcq_ros.tracking.association import box_iou
+
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 80, (60, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 40, (60, 2))], axis=1)
+    scores = rng.uniform(0, 1, 60)
+    for threshold in (0.3, 0.5, 0.8):
+        kept = suppress_duplicates(boxes, scores, threshold)
+        assert np.all(np.diff(scores[kept]) <= 0)                             # highest score first
+        iou = box_iou(boxes, boxes)
+        expected = []                                                          # greedy NMS, written out
+        for i in np.argsort(-scores):
+            if all(iou[i, j] <= threshold for j in expected):
+                expected.append(i)
+        assert kept.tolist() == expected
+    assert sorted(suppress_duplicates(boxes, scores, 1.0).tolist()) == list(range(60))
+    assert suppress_duplicates(np.zeros((0, 4)), np.zeros(0), 0.5).shape == (0,)
+    with pytest.raises(ValueError, match="3 boxes but 2 scores"):
+        suppress_duplicates(boxes[:3], scores[:2], 0.5)
 
 
 @pytest.mark.parametrize("query_levels", [1, 2, 3])

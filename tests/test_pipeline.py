@@ -115,6 +115,23 @@ def test_task_switches_and_detector_only(model_dir, frames, perceptor):
     assert "person_net" not in out.timings_ms
 
 
+def test_nms_iou_is_a_live_option_of_the_postprocessor(perceptor, frames):
+    # (what it drops is tested on constructed outputs in test_hcq_model.py: the tiny detector's boxes never overlap)
+    perceptor.reset()
+    before = [p.box for p in perceptor.process(frames[1], stamp_ns=1).persons]
+    perceptor.set_runtime_options(nms_iou=0.5)
+    try:
+        assert perceptor.postprocess.nms_iou == 0.5
+        perceptor.reset()
+        after = [p.box for p in perceptor.process(frames[1], stamp_ns=1).persons]
+        np.testing.assert_array_equal(np.stack(before), np.stack(after))
+        with pytest.raises(ValueError, match="nms_iou must be in"):
+            perceptor.set_runtime_options(nms_iou=0.0)
+    finally:
+        perceptor.set_runtime_options(nms_iou=1.0)
+    assert perceptor.postprocess.nms_iou == 1.0
+
+
 def test_same_input_gives_the_same_output(model_dir, frames, perceptor):
     other = Perceptor(tiny_config(model_dir))  # its own models, loaded again
     one = Perceptor(tiny_config(model_dir), detector=perceptor.detector, person_net=perceptor.person_net)

@@ -212,6 +212,19 @@ def test_low_score_second_stage_recovers_the_track():
     assert tracker.tracks[0].status == TrackStatus.LOST
 
 
+def test_second_stage_gate_keeps_a_confirmed_track_off_someone_elses_low_box():
+    """Person 0 walks in front of person 1: only 1's low-score box is detected where 0's track is. IoU alone
+    hands 0's id to person 1; with ReID the gate blocks that, and 0's own low box still extends the track."""
+    vectors = identity_vectors(2)
+    walk = [[(0, box(100 + 5 * k), 0.9)] for k in range(5)]
+    occluded = [[(1, box(125 + 5 * k), 0.3)] for k in range(3)]
+    iou_only, reid = run(IOU_ONLY, walk + occluded, vectors), run(REID, walk + occluded, vectors)
+    assert [f[1] for f in iou_only[5:]] == [1, 1, 1]                     # person 1 took person 0's id
+    assert [f[1] for f in reid[5:]] == [0, 0, 0]                         # appearance gate: not 0's box
+    own = [[(0, box(125 + 5 * k), 0.3)] for k in range(3)]
+    assert [f[0] for f in run(REID, walk + own, vectors)[5:]] == [1, 1, 1]
+
+
 def test_input_order_preserved():
     vectors = identity_vectors(4)
     xs = (80.0, 200.0, 320.0, 440.0)

@@ -18,6 +18,9 @@ A second stage, at the chosen thresholds, sweeps how much the tracker trusts app
 IoU only, or ReID with iou_weight x appearance_gate x re-identification of lost tracks on/off): the ReID
 embedding of a detector's crop is only as good as its box, so the weight that helps depends on the detector.
 
+Duplicate suppression (``nms_iou``, see ``HCQPostProcess``) is swept with the score thresholds: the cache is
+made with it off and each ``NMS_GRID`` value is applied to the cached boxes, as the postprocessor would.
+
 Use sequences that the reported figures are *not* computed on (another ``hcq-ros synth --seed``).
 """
 from __future__ import annotations
@@ -29,8 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from hcq_ros.models.postprocess import suppress_duplicates
+
 from .pipeline_eval import SequenceResult, filter_persons, mot_rows, retrack, run_sequences
 
+NMS_GRID = (1.0, 0.8, 0.7, 0.6)
 SCORE_GRID = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 NEW_TRACK_STEPS = (0.0, 0.05, 0.1, 0.2)
 IOU_WEIGHTS = (0.5, 0.7, 0.9)
@@ -52,6 +58,23 @@ def appearance_settings(iou_weights=IOU_WEIGHTS, gates=APPEARANCE_GATES) -> list
 def keep_above(sequences: list[SequenceResult], threshold: float) -> list[SequenceResult]:
     """Copies of the cached sequences with only the persons scoring >= threshold (as if published at it)."""
     return filter_persons(sequences, lambda p: p.score >= threshold)
+
+
+def suppress_cached(sequences: list[SequenceResult], iou: float) -> list[SequenceResult]:
+    """Copies of the cached sequences with each frame's duplicates dropped at ``iou`` (1.0: unchanged)."""
+    if iou >= 1.0:
+        return sequences
+    out = []
+    for seq in sequences:
+        frames = []
+        for fr in seq.frames:
+            persons = fr.result.persons
+            if len(persons) > 1:
+                kept = suppress_duplicates(np.stack([p.box for p in persons]), [p.score for p in persons], iou)
+                persons = [persons[k] for k in sorted(kept.tolist())]
+            frames.append(replace(fr, result=replace(fr.result, persons=persons)))
+        out.append(replace(seq, frames=frames))
+    return out
 
 
 def candidate_settings(score_grid=SCORE_GRID, new_track_steps=NEW_TRACK_STEPS) -> list[tuple[float, float, float]]:
@@ -80,23 +103,27 @@ def track_and_score(sequences: list[SequenceResult], config) -> dict:
             "FN": m["mot_FN"]}
 
 
-def sweep(sequences: list[SequenceResult], base_config, settings: list[tuple[float, float, float]]) -> list[dict]:
-    """One row per setting: {score_threshold, high_score, new_track_score, IDF1, MOTA, IDs, FP, FN}."""
+def sweep(sequences: list[SequenceResult], base_config, settings: list[tuple[float, float, float]],
+          nms_grid=(1.0,)) -> list[dict]:
+    """One row per nms_iou x setting: {nms_iou, score_threshold, high_score, new_track_score, IDF1, MOTA, IDs,
+    FP, FN}."""
     rows = []
-    by_floor: dict[float, list[SequenceResult]] = {}
-    for floor, high, new in settings:
-        if floor not in by_floor:
-            by_floor[floor] = keep_above(sequences, floor)
-        config = replace(base_config, low_score=floor, high_score=high, new_track_score=new)
-        rows.append({"score_threshold": floor, "high_score": high, "new_track_score": new,
-                     **track_and_score(by_floor[floor], config)})
+    for nms_iou in nms_grid:
+        suppressed = suppress_cached(sequences, nms_iou)
+        by_floor: dict[float, list[SequenceResult]] = {}
+        for floor, high, new in settings:
+            if floor not in by_floor:
+                by_floor[floor] = keep_above(suppressed, floor)
+            config = replace(base_config, low_score=floor, high_score=high, new_track_score=new)
+            rows.append({"nms_iou": float(nms_iou), "score_threshold": floor, "high_score": high,
+                         "new_track_score": new, **track_and_score(by_floor[floor], config)})
     return rows
 
 
 def sweep_appearance(sequences: list[SequenceResult], base_config, thresholds: dict,
                      settings: list[dict]) -> list[dict]:
     """At the chosen ``thresholds`` row: one row per appearance setting ({overrides..., IDF1, MOTA, ...})."""
-    kept = keep_above(sequences, thresholds["score_threshold"])
+    kept = keep_above(suppress_cached(sequences, thresholds.get("nms_iou", 1.0)), thresholds["score_threshold"])
     base = replace(base_config, low_score=thresholds["score_threshold"], high_score=thresholds["high_score"],
                    new_track_score=thresholds["new_track_score"])
     return [{**setting, **track_and_score(kept, replace(base, **setting))} for setting in settings]
@@ -113,7 +140,7 @@ def best_row(rows: list[dict]) -> dict:
 
 
 def calibrate(perceptor, data_dir: str | Path, floor: float = 0.05, max_frames: int | None = None,
-              progress: bool = True, score_grid=SCORE_GRID) -> dict:
+              progress: bool = True, score_grid=SCORE_GRID, nms_grid=NMS_GRID) -> dict:
     """Run the Perceptor once (publication floor ``floor``) and sweep the thresholds; see the module docstring.
 
     Returns {"best": thresholds row, "rows": [...], "best_appearance": appearance row (at those thresholds),
@@ -126,9 +153,12 @@ def calibrate(perceptor, data_dir: str | Path, floor: float = 0.05, max_frames: 
     grid = [s for s in score_grid if s >= floor]
     if not grid:
         raise ValueError(f"no score in the grid {list(score_grid)} is >= the floor {floor}")
+    if getattr(perceptor.config, "nms_iou", 1.0) < 1.0:
+        raise ValueError(f"the Perceptor drops duplicates at nms_iou {perceptor.config.nms_iou}: build it with "
+                         f"nms_iou 1.0, the calibration applies each of {list(nms_grid)} to the cache")
     base = TrackerConfig.from_dict(perceptor.config.tracker)
     sequences = run_sequences(perceptor, data_dir, max_frames=max_frames, progress=progress)
-    rows = sweep(sequences, base, candidate_settings(grid))
+    rows = sweep(sequences, base, candidate_settings(grid), nms_grid)
     best = best_row(rows)
     appearance_rows = sweep_appearance(sequences, base, best, appearance_settings())
     return {"best": best, "rows": rows, "best_appearance": best_row(appearance_rows),
@@ -138,7 +168,8 @@ def calibrate(perceptor, data_dir: str | Path, floor: float = 0.05, max_frames: 
 
 def params_snippet(best: dict, appearance: dict | None = None) -> str:
     """The launch/params.yaml lines for the chosen thresholds (and appearance settings)."""
-    text = (f"score_threshold: {best['score_threshold']}\n"
+    nms = f"nms_iou: {best['nms_iou']}\n" if "nms_iou" in best else ""
+    text = (f"score_threshold: {best['score_threshold']}\n" + nms +
             f"tracker:\n  high_score: {best['high_score']}\n  low_score: {best['score_threshold']}\n"
             f"  new_track_score: {best['new_track_score']}\n")
     for name in APPEARANCE_KEYS:
@@ -169,7 +200,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--floor must be in [0, 1), got {args.floor}")
     config = PerceptorConfig.from_dict({"backend": args.backend, "detector_model": args.detector,
                                         "person_model": args.person, "input_size": args.input_size,
-                                        "score_threshold": args.floor, "max_people": 50})
+                                        "score_threshold": args.floor, "max_people": 50,
+                                        "nms_iou": 1.0})
     perceptor = Perceptor(config)
     try:
         result = calibrate(perceptor, args.data, floor=args.floor, max_frames=args.max_frames,
@@ -183,7 +215,8 @@ def run(args: argparse.Namespace) -> int:
     def fmt(v):
         return "n/a" if v is None else f"{v:.3f}"
     for r in top:
-        print(f"  score {r['score_threshold']:.2f}  high {r['high_score']:.2f}  new {r['new_track_score']:.2f}"
+        print(f"  nms {r['nms_iou']:.2f}  score {r['score_threshold']:.2f}  high {r['high_score']:.2f}"
+              f"  new {r['new_track_score']:.2f}"
               f"  ->  IDF1 {fmt(r['IDF1'])}  MOTA {fmt(r['MOTA'])}  IDs {r['IDs']}  FP {r['FP']}  FN {r['FN']}")
     print("appearance at those thresholds (best 5 of %d):" % len(result["appearance_rows"]))
     for r in sorted(result["appearance_rows"], key=lambda r: -(r["IDF1"] or -1.0))[:5]:

@@ -9,16 +9,42 @@ Keypoint confidence = 1 - mean(sigma_x, sigma_y) of the predicted RLE scale (sig
 box scale, so 0.2 means "expected error about a fifth of the person's size"), clamped to [0, 1]. Models trained
 without RLE have no sigma: the person's score is used for every joint then. Detectors without pose report
 keypoints with confidence 0 (= not predicted).
+
+Duplicates (``nms_iou`` < 1): a set-prediction decoder should not need NMS, but a small one trained on CPUs
+(engines/hcq_small) often puts two queries on one person. Each duplicate starts its own track, which the
+robot sees as a phantom person and MOT scores as false positives and id switches (README, pipeline table), so
+the product drops a box that overlaps a higher-scored one by more than ``nms_iou`` (OpenCV's NMSBoxes).
 """
 from __future__ import annotations
 
 from typing import Sequence
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hcq_ros.data.schema import NUM_KEYPOINTS
+
+
+def suppress_duplicates(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy NMS: indices of the boxes kept, highest score first. boxes: [N, 4] xyxy; scores: [N];
+    a box is dropped when its IoU with a kept, higher-scored box is > ``iou`` (1.0 keeps every box)."""
+    if not 0.0 < iou <= 1.0:
+        raise ValueError(f"nms iou must be in (0, 1], got {iou}")
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    if len(boxes) != len(scores):
+        raise ValueError(f"{len(boxes)} boxes but {len(scores)} scores")
+    order = np.argsort(-scores, kind="stable")
+    if iou >= 1.0 or len(boxes) < 2:
+        return order
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    # NMSBoxes keeps scores above its (>= 0) threshold: shifted scores keep the order and drop nothing.
+    kept = cv2.dnn.NMSBoxes(xywh.tolist(), (scores - scores.min() + 1.0).tolist(), 0.0, float(iou))
+    kept = np.asarray(kept, np.int64).reshape(-1)
+    return kept[np.argsort(-scores[kept], kind="stable")]
 
 
 class HCQPostProcess(nn.Module):
@@ -30,6 +56,7 @@ class HCQPostProcess(nn.Module):
         mask_threshold: mask pixel is on where sigmoid(mask logit) > this.
         box_margin: masks are pasted only inside the box grown by this fraction of its size on every side
             (plus 2 pixels), which removes far-away spurious blobs of a query's mask.
+        nms_iou: drop a box whose IoU with a higher-scored one is > this, before ``max_people`` (1.0: off).
     forward(outputs, target_sizes, letterbox=None, input_size=None) -> one dict per image:
         scores [K] float, boxes [K, 4] xyxy original pixels (clipped to the image), keypoints [K, 17, 3]
         (x, y original pixels, not clipped; confidence), masks [K, h, w] bool; sorted by score, K <= max_people.
@@ -38,7 +65,7 @@ class HCQPostProcess(nn.Module):
     """
 
     def __init__(self, score_threshold: float = 0.5, max_people: int = 100, mask_threshold: float = 0.5,
-                 box_margin: float = 0.1) -> None:
+                 box_margin: float = 0.1, nms_iou: float = 1.0) -> None:
         super().__init__()
         if not 0.0 <= score_threshold < 1.0:
             raise ValueError(f"score_threshold must be in [0, 1), got {score_threshold}")
@@ -47,7 +74,9 @@ class HCQPostProcess(nn.Module):
         if not 0.0 < mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be in (0, 1), got {mask_threshold}")
         self.score_threshold, self.max_people = score_threshold, max_people
-        self.mask_threshold, self.box_margin = mask_threshold, box_margin
+        if not 0.0 < nms_iou <= 1.0:
+            raise ValueError(f"nms_iou must be in (0, 1], got {nms_iou}")
+        self.mask_threshold, self.box_margin, self.nms_iou = mask_threshold, box_margin, nms_iou
 
     @torch.no_grad()
     def forward(self, outputs: dict, target_sizes: Sequence[Sequence[int]],
@@ -88,13 +117,18 @@ class HCQPostProcess(nn.Module):
         h, w = size
         scores = outputs["pred_logits"][b, :, 0].float().sigmoid()
         keep = torch.nonzero(scores > self.score_threshold).flatten()
-        keep = keep[scores[keep].argsort(descending=True)][: self.max_people]
-        scores = scores[keep]
-        k = keep.numel()
-        boxes = self._to_pixels(outputs["pred_boxes"][b, keep].float().reshape(k, 2, 2), size, letterbox,
-                                input_size).reshape(k, 4)
+        keep = keep[scores[keep].argsort(descending=True)]
+        boxes = self._to_pixels(outputs["pred_boxes"][b, keep].float().reshape(-1, 2, 2), size, letterbox,
+                                input_size).reshape(-1, 4)
         boxes = torch.stack((boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
                              boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)), dim=-1)
+        if self.nms_iou < 1.0 and keep.numel() > 1:
+            kept = torch.from_numpy(suppress_duplicates(boxes.cpu().numpy(), scores[keep].cpu().numpy(),
+                                                        self.nms_iou)).to(keep.device)
+            keep, boxes = keep[kept], boxes[kept]
+        keep, boxes = keep[: self.max_people], boxes[: self.max_people]
+        scores = scores[keep]
+        k = keep.numel()
         keypoints = scores.new_zeros(k, NUM_KEYPOINTS, 3)
         if "pred_keypoints" in outputs:
             keypoints[..., :2] = self._to_pixels(outputs["pred_keypoints"][b, keep].float(), size, letterbox,

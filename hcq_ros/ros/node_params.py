@@ -101,6 +101,9 @@ PARAMS: tuple[ParamSpec, ...] = (
               target="score_threshold"),
     ParamSpec("mask_threshold", "float", "Mask probability threshold", read_only=False, minimum=0.0,
               maximum=1.0, target="mask_threshold"),
+    ParamSpec("nms_iou", "float", "A detection overlapping a higher-scored one by more than this IoU is a duplicate "
+              "and dropped before tracking (1.0 = off)", read_only=False, minimum=0.05, maximum=1.0,
+              target="nms_iou"),
     ParamSpec("enable_masks", "bool", "Instance masks in the outputs", read_only=False, target="enable_masks"),
     ParamSpec("enable_parts", "bool", "Body-part segmentation (PersonNet)", read_only=False,
               target="enable_parts"),
@@ -122,7 +125,7 @@ PARAMS: tuple[ParamSpec, ...] = (
         ("match_cost", "float", 0.01, 2.0, "Largest association cost of a match"),
         ("min_iou", "float", 0.0, 1.0, "Smallest IoU of a first-stage match"),
         ("iou_weight", "float", 0.0, 1.0, "Weight of 1 - IoU against the appearance distance in the cost"),
-        ("appearance_gate", "float", 0.0, 2.0, "Largest appearance distance of a first-stage match of a confirmed or lost track"),
+        ("appearance_gate", "float", 0.0, 2.0, "Largest appearance distance of a match of a confirmed or lost track (both associations)"),
         ("low_score_min_iou", "float", 0.0, 1.0, "Smallest IoU of a low-score (second-stage) match"),
         ("feature_momentum", "float", 0.0, 1.0, "EMA momentum of a track's appearance feature"),
         ("reid_distance", "float", 0.01, 2.0, "Largest appearance distance to re-identify a lost track"),

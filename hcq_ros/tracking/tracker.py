@@ -14,7 +14,9 @@ One ``Tracker.update`` per frame, in the ByteTrack / BoT-SORT order:
 3. second association: low detections vs the remaining tracks on IoU (``IoU >= low_score_min_iou``). As in
    ByteTrack, lost tracks are left out without ReID; with ReID a lost track may take a low box whose
    embedding passes ``appearance_gate`` (a person coming out from behind someone is often first detected
-   with a low score). Low-score boxes are mostly occluded people: their embeddings do not update features.
+   with a low score), and a confirmed track may not take one that fails it (the low box of an occluded
+   person overlaps the track of the person in front). Low-score boxes are mostly occluded people: their
+   embeddings do not update features.
 4. re-identification (``reidentify_lost``): remaining high detections vs remaining confirmed/lost tracks on
    appearance alone (cosine distance ``<= reid_distance``) within ``reid_window_s`` and a loose motion gate:
    the detection centre lies within ``(reid_gate_heights + reid_gate_speed * seconds lost)`` track heights
@@ -152,13 +154,17 @@ class Tracker:
         assigned.update({d: (t, "first") for t, d in matches})
         second_pool = rest_tracks
         cost = 1.0 - box_iou(self._boxes(second_pool), boxes[low])
-        # A lost track may only take a low-score box whose appearance is not clearly someone else's.
+        # Without ReID lost tracks sit out (ByteTrack). With it, a lost track may take a low-score box whose
+        # appearance passes the gate, and a confirmed one may not take a box that fails it: an occluded person's
+        # low box often overlaps the track of the one in front (most id switches on SynthHumans came from here).
         is_lost = np.array([t.status == TrackStatus.LOST for t in second_pool], bool)
         blocked = np.repeat(is_lost[:, None], len(low), axis=1)
-        if appearance is not None and blocked.any():
+        if appearance is not None and len(second_pool) and len(low):
             features, has_feature = self._features(second_pool, appearance.shape[1])
-            similar = cosine_distance(features, appearance[low]) <= c.appearance_gate
-            blocked &= ~(similar & has_feature[:, None] & np.any(appearance[low], axis=1)[None, :])
+            known = has_feature[:, None] & np.any(appearance[low], axis=1)[None, :]
+            different = known & (cosine_distance(features, appearance[low]) > c.appearance_gate)
+            confirmed = np.array([t.status == TrackStatus.CONFIRMED for t in second_pool], bool)[:, None]
+            blocked = np.where(is_lost[:, None], ~known | different, different & confirmed)
         cost[blocked] = np.inf
         pairs, _, _ = linear_assignment(cost, 1.0 - c.low_score_min_iou + 1e-9)
         assigned.update({int(low[j]): (second_pool[i], "second") for i, j in pairs})
